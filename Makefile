@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+export IMSTACK_TOOLS ?= $(HOME)/.cache/imstack/tools
+
+.PHONY: run test venv setup-test-deps proto check-proto clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(VENV)/bin/imstack up
+
+# Installs the real servers the tests talk to (ZooKeeper, Redis, FerretDB, the Kubernetes
+# control plane, Docker, Chromium...): every script in scripts/setup.d runs in name order.
+setup-test-deps:
+	bash scripts/setup-test-deps.sh
+
+test: venv setup-test-deps
+	$(PY) -m pytest tests -q
+
+proto: venv
+	$(PY) -m im_runtime.proto.build
+
+check-proto: venv
+	$(PY) -m im_runtime.proto.build --check
+
+clean:
+	rm -rf $(VENV) build *.egg-info

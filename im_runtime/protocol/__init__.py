@@ -1,0 +1,1 @@
+"""The sans-I/O protocol core: frame codec, types, connection states."""

@@ -1,0 +1,266 @@
+"""The memory engine: every store in plain dicts, for the all-in-one mode and tests.
+
+Single event loop, so each method is atomic (no await inside). Offline queues keep their
+own insertion counter as the cursor, which makes the timeline order (S18) exact.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections import defaultdict
+from typing import Iterable
+
+from im_runtime.proto import imstack_pb2 as pb
+from im_runtime.storage.interfaces import Claim, ClaimState, Stores
+
+
+class MemorySessionStore:
+    def __init__(self) -> None:
+        self._by_uid: dict[str, dict[tuple[str, int], str]] = {}
+
+    async def bind(self, uid: str, node: str, conn_id: int, device_id: str) -> None:
+        self._by_uid.setdefault(uid, {})[(node, conn_id)] = device_id
+
+    async def unbind(self, uid: str, node: str, conn_id: int) -> bool:
+        conns = self._by_uid.get(uid)
+        if not conns or conns.pop((node, conn_id), None) is None:
+            return False
+        if not conns:
+            del self._by_uid[uid]
+        return True
+
+    async def lookup(self, uids: Iterable[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for uid in uids:
+            conns = self._by_uid.get(uid)
+            if conns:
+                found[uid] = sorted({node for node, _ in conns})
+        return found
+
+    async def drop_node(self, node: str) -> int:
+        removed = 0
+        for uid in list(self._by_uid):
+            conns = self._by_uid[uid]
+            for key in [k for k in conns if k[0] == node]:
+                del conns[key]
+                removed += 1
+            if not conns:
+                del self._by_uid[uid]
+        return removed
+
+
+class MemoryOfflineStore:
+    def __init__(self) -> None:
+        # uid -> {cursor: message}; dicts keep insertion (= cursor) order.
+        self._queues: dict[str, dict[int, pb.Message]] = {}
+        self._index: dict[str, dict[int, int]] = {}  # uid -> message_id -> cursor
+        self._pending: dict[str, dict[str, int]] = {}  # uid -> conversation -> count
+        self._counter = itertools.count(1)
+
+    async def add(self, uid: str, message: pb.Message) -> int:
+        index = self._index.setdefault(uid, {})
+        pending = self._pending.setdefault(uid, {})
+        conv = message.conversation_id
+        if message.message_id not in index:
+            cursor = next(self._counter)
+            index[message.message_id] = cursor
+            self._queues.setdefault(uid, {})[cursor] = message
+            pending[conv] = pending.get(conv, 0) + 1
+        return pending.get(conv, 0)
+
+    async def pull(self, uid: str, cursor: int, limit: int) -> tuple[list[pb.Message], bool, int]:
+        queue = self._queues.get(uid)
+        if not queue:
+            return [], False, cursor
+        keys = list(queue)  # ascending: cursors only grow
+        start = bisect.bisect_right(keys, cursor)
+        chosen = keys[start : start + limit]
+        next_cursor = chosen[-1] if chosen else cursor
+        return [queue[k] for k in chosen], start + limit < len(keys), next_cursor
+
+    async def ack(self, uid: str, message_ids: Iterable[int]) -> int:
+        index = self._index.get(uid)
+        if not index:
+            return 0
+        queue = self._queues[uid]
+        pending = self._pending[uid]
+        removed = 0
+        for message_id in message_ids:
+            cursor = index.pop(message_id, None)
+            if cursor is None:
+                continue
+            message = queue.pop(cursor)
+            conv = message.conversation_id
+            left = pending.get(conv, 1) - 1
+            if left > 0:
+                pending[conv] = left
+            else:
+                pending.pop(conv, None)
+            removed += 1
+        if not index:
+            del self._index[uid], self._queues[uid], self._pending[uid]
+        return removed
+
+    async def backlog(self, uid: str) -> int:
+        return len(self._index.get(uid, ()))
+
+    def total_backlog(self) -> int:
+        return sum(len(v) for v in self._index.values())
+
+
+class MemorySequenceStore:
+    def __init__(self) -> None:
+        self._seqs: dict[str, int] = defaultdict(int)
+
+    async def next_seq(self, conversation_id: str) -> int:
+        self._seqs[conversation_id] += 1
+        return self._seqs[conversation_id]
+
+    async def latest_seqs(self, conversation_ids: Iterable[str]) -> dict[str, int]:
+        return {c: self._seqs.get(c, 0) for c in conversation_ids}
+
+
+class MemoryMessageStore:
+    def __init__(self) -> None:
+        self._by_conv: dict[str, dict[int, pb.Message]] = {}
+        self._seqs: dict[str, list[int]] = {}  # sorted seqs per conversation
+
+    async def save(self, message: pb.Message) -> None:
+        conv = self._by_conv.setdefault(message.conversation_id, {})
+        if message.seq in conv:
+            return
+        conv[message.seq] = message
+        seqs = self._seqs.setdefault(message.conversation_id, [])
+        if not seqs or message.seq > seqs[-1]:
+            seqs.append(message.seq)
+        else:
+            bisect.insort(seqs, message.seq)
+
+    async def range(
+        self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False
+    ) -> tuple[list[pb.Message], bool]:
+        seqs = self._seqs.get(conversation_id)
+        if not seqs:
+            return [], False
+        lo = bisect.bisect_right(seqs, after_seq)
+        hi = bisect.bisect_left(seqs, before_seq) if before_seq else len(seqs)
+        window = seqs[lo:hi]
+        if newest_first:
+            chosen = window[::-1][:limit]
+        else:
+            chosen = window[:limit]
+        conv = self._by_conv[conversation_id]
+        return [conv[s] for s in chosen], len(window) > limit
+
+    async def max_seq(self, conversation_id: str) -> int:
+        seqs = self._seqs.get(conversation_id)
+        return seqs[-1] if seqs else 0
+
+
+class MemoryDedupStore:
+    def __init__(self, *, ttl_s: float = 24 * 3600) -> None:
+        self._entries: dict[tuple[str, int], tuple[float, pb.SendAck | None]] = {}
+        self._ttl = ttl_s
+        self._next_sweep = time.monotonic() + 60
+
+    async def claim(self, sender: str, message_id: int) -> Claim:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        entry = self._entries.get((sender, message_id))
+        if entry is not None and entry[0] > now:
+            ack = entry[1]
+            return Claim(ClaimState.PENDING) if ack is None else Claim(ClaimState.DONE, ack)
+        self._entries[(sender, message_id)] = (now + self._ttl, None)
+        return Claim(ClaimState.NEW)
+
+    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
+        self._entries[(sender, message_id)] = (time.monotonic() + self._ttl, ack)
+
+    async def release(self, sender: str, message_id: int) -> None:
+        self._entries.pop((sender, message_id), None)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + 60
+        for key in [k for k, (exp, _) in self._entries.items() if exp <= now]:
+            del self._entries[key]
+
+
+class MemoryGroupStore:
+    def __init__(self) -> None:
+        self._groups: dict[str, set[str]] = {}
+
+    async def create(self, group_id: str, members: Iterable[str]) -> bool:
+        if group_id in self._groups:
+            return False
+        self._groups[group_id] = set(members)
+        return True
+
+    async def add_members(self, group_id: str, members: Iterable[str]) -> list[str] | None:
+        group = self._groups.get(group_id)
+        if group is None:
+            return None
+        added = [m for m in dict.fromkeys(members) if m not in group]
+        group.update(added)
+        return added
+
+    async def remove_members(self, group_id: str, members: Iterable[str]) -> list[str] | None:
+        group = self._groups.get(group_id)
+        if group is None:
+            return None
+        removed = [m for m in dict.fromkeys(members) if m in group]
+        group.difference_update(removed)
+        return removed
+
+    async def members(self, group_id: str) -> frozenset[str] | None:
+        group = self._groups.get(group_id)
+        return None if group is None else frozenset(group)
+
+
+class MemoryReadStore:
+    def __init__(self) -> None:
+        self._by_user: dict[str, dict[str, int]] = {}
+        self._by_conv: dict[str, dict[str, int]] = {}
+
+    async def join(self, uid: str, conversation_id: str, read_seq: int = 0) -> None:
+        convs = self._by_user.setdefault(uid, {})
+        if conversation_id not in convs:
+            convs[conversation_id] = read_seq
+            self._by_conv.setdefault(conversation_id, {})[uid] = read_seq
+
+    async def advance(self, uid: str, conversation_id: str, seq: int) -> int:
+        convs = self._by_user.setdefault(uid, {})
+        position = max(convs.get(conversation_id, 0), seq)
+        convs[conversation_id] = position
+        self._by_conv.setdefault(conversation_id, {})[uid] = position
+        return position
+
+    async def positions(self, conversation_id: str) -> dict[str, int]:
+        return dict(self._by_conv.get(conversation_id, {}))
+
+    async def conversations(self, uid: str) -> dict[str, int]:
+        return dict(self._by_user.get(uid, {}))
+
+
+class MemorySegmentStore:
+    def __init__(self) -> None:
+        self._next: dict[str, int] = defaultdict(lambda: 1)
+
+    async def lease(self, name: str, step: int) -> tuple[int, int]:
+        start = self._next[name]
+        self._next[name] = start + step
+        return start, start + step
+
+
+def memory_stores() -> Stores:
+    return Stores(
+        sessions=MemorySessionStore(),
+        offline=MemoryOfflineStore(),
+        sequences=MemorySequenceStore(),
+        messages=MemoryMessageStore(),
+        dedup=MemoryDedupStore(),
+        groups=MemoryGroupStore(),
+        reads=MemoryReadStore(),
+        segments=MemorySegmentStore(),
+    )
