@@ -6,9 +6,10 @@ the users' kind CI (.github/workflows/kind-e2e.yml, stack run by the operator):
     python -m tests.deploy.chat_check --route-url http://127.0.0.1:8080 \
         --access 127.0.0.1:9000 [--ws ws://127.0.0.1:9001/ws] --admin-key KEY
 
-It speaks PROTOCOL.md through the project's sans-I/O codec (im_runtime.protocol.frame), over TCP
-and, when --ws is given, over WebSocket for one of the three users. Users and the group get
-fresh random names, so the check can run again against the same stack. Every wait is bounded.
+TCP users go through the client SDK (im_runtime.client.ImClient: acks, retries, reordering);
+with --ws the third user speaks PROTOCOL.md over WebSocket through the sans-I/O codec, as a web
+page would. Users and the group get fresh random names, so the check can run again against the
+same stack. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+from im_runtime.client import client as sdk
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import Frame, FrameDecoder, decode_body, encode_message
 from im_runtime.protocol.types import RequestType as T
@@ -43,13 +45,41 @@ def http(method: str, url: str, *, bearer: str, body: dict | None = None) -> tup
         return err.code, {"error": err.read().decode(errors="replace")}
 
 
+class SdkUser:
+    """A TCP user through the client SDK."""
+
+    def __init__(self, uid: str, token: str, host: str, port: int) -> None:
+        self.uid = uid
+        self.client = sdk.ImClient(uid, token, host=host, port=port, device_id="chat-check")
+
+    async def start(self) -> None:
+        await asyncio.wait_for(self.client.connect(), STEP_TIMEOUT)
+
+    async def send(self, *, to: str, kind: int, text: str) -> pb.SendAck:
+        return await asyncio.wait_for(self.client.send(to, text, type=kind), STEP_TIMEOUT * 2)
+
+    async def expect_push(self, text: str) -> pb.Message:
+        """The next delivered message carrying `text` (others, e.g. own echoes, are skipped)."""
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{self.uid}: no message {text!r} within {STEP_TIMEOUT}s"
+            msg = await self.client.receive(timeout=left)
+            if msg.content == text.encode() and getattr(msg, "from") != self.uid:
+                return msg
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
 @dataclass
-class Client:
-    """One user's connection: frames in, typed replies out (responses matched by sequence)."""
+class WsUser:
+    """A WebSocket user speaking the protocol through the codec (responses matched by sequence)."""
 
     uid: str
+    token: str
     send_bytes: object  # async callable(bytes)
-    close: object  # async callable()
+    close_ws: object  # async callable()
     pushes: asyncio.Queue = field(default_factory=asyncio.Queue)
     waiting: dict[int, asyncio.Future] = field(default_factory=dict)
     seq: int = 0
@@ -70,6 +100,9 @@ class Client:
         rtype, msg = await asyncio.wait_for(fut, STEP_TIMEOUT)
         assert rtype == expect, f"{self.uid}: {T(req_type).name} answered by {rtype} {msg}"
         return msg
+
+    async def start(self) -> None:
+        await self.auth(self.token)
 
     async def auth(self, token: str) -> None:
         resp = await self.call(T.AUTH_REQ, pb.AuthRequest(uid=self.uid, token=token, timestamp=int(time.time()),
@@ -99,35 +132,16 @@ class Client:
             if msg.content == text.encode():
                 return msg
 
-
-async def connect_tcp(uid: str, host: str, port: int) -> Client:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), STEP_TIMEOUT)
-
-    async def send_bytes(data: bytes) -> None:
-        writer.write(data)
-        await writer.drain()
-
-    async def close() -> None:
-        writer.close()
-
-    client = Client(uid, send_bytes, close)
-    decoder = FrameDecoder()
-
-    async def pump() -> None:
-        while data := await reader.read(65536):
-            for ev in decoder.receive_data(data):
-                if isinstance(ev, Frame):
-                    client.on_frame(ev)
-
-    client.task = asyncio.create_task(pump())
-    return client
+    async def close(self) -> None:
+        await self.close_ws()
+        self.task.cancel()
 
 
-async def connect_ws(uid: str, url: str) -> Client:
+async def connect_ws(uid: str, token: str, url: str) -> WsUser:
     import websockets
 
     ws = await asyncio.wait_for(websockets.connect(url, max_size=1 << 20), STEP_TIMEOUT)
-    client = Client(uid, ws.send, ws.close)
+    client = WsUser(uid, token, ws.send, ws.close)
     decoder = FrameDecoder()
 
     async def pump() -> None:
@@ -155,11 +169,11 @@ async def run(*, route_url: str, access: str, admin_key: str, ws_url: str | None
     assert status in (200, 201), f"create group: {status} {body}"
 
     host, port = access.rsplit(":", 1)
-    clients = {uid: await connect_tcp(uid, host, int(port)) for uid in (alice, bob)}
-    clients[carol] = await (connect_ws(carol, ws_url) if ws_url else connect_tcp(carol, host, int(port)))
+    clients = {uid: SdkUser(uid, tokens[uid], host, int(port)) for uid in (alice, bob)}
+    clients[carol] = (await connect_ws(carol, tokens[carol], ws_url)) if ws_url else SdkUser(carol, tokens[carol], host, int(port))
     try:
-        for uid, c in clients.items():
-            await c.auth(tokens[uid])
+        for c in clients.values():
+            await c.start()
         a, b, c = clients[alice], clients[bob], clients[carol]
 
         # 1:1 — alice and bob, both ways, in order, on one conversation.
@@ -191,7 +205,6 @@ async def run(*, route_url: str, access: str, admin_key: str, ws_url: str | None
     finally:
         for cl in clients.values():
             await cl.close()
-            cl.task.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
