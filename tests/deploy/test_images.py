@@ -37,8 +37,10 @@ def test_image_config(docker, images, name):
     assert cfg["Entrypoint"] == ENTRYPOINT[name]
     assert "/opt/imstack/bin" in next(e for e in cfg["Env"] if e.startswith("PATH="))
     if name in HEALTH_PORT:
+        # In a pod the roles must listen on the pod IP, not on the process default 127.0.0.1.
+        assert "IMSTACK_LISTEN_HOST=0.0.0.0" in cfg["Env"]
         test = " ".join(cfg["Healthcheck"]["Test"])
-        assert f"127.0.0.1:{HEALTH_PORT[name]}/healthz" in test
+        assert "127.0.0.1:%s/healthz" in test and str(HEALTH_PORT[name]) in test
     size_mb = info["Size"] / 1e6
     assert size_mb < SIZE_LIMIT_MB[name], f"{name}: {size_mb:.0f} MB"
 
