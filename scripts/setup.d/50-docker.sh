@@ -25,6 +25,10 @@ DOCKER=/usr/bin/docker
 
 if ! "$DOCKER" info >/dev/null 2>&1; then
   echo "starting dockerd (log: $state/dockerd.log)"
+  # A pid file left by a dockerd that died keeps a new one from starting.
+  if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    rm -f /var/run/docker.pid
+  fi
   nohup /usr/sbin/dockerd >"$state/dockerd.log" 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     "$DOCKER" info >/dev/null 2>&1 && break

@@ -227,7 +227,7 @@ def test_every_rendered_object_passes_server_side_dry_run(kube):
     deadline = time.monotonic() + 60
     while True:
         status = kube.get(crd).body.get("status", {})
-        if any(c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions", [])):
+        if any(c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions") or []):
             break
         assert time.monotonic() < deadline, f"CRD not Established: {status}"
         time.sleep(0.2)
