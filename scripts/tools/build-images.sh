@@ -8,7 +8,10 @@
 # (no CA bundle is ever copied into an image).
 #
 # Settings (environment or make variables):
-#   BASE_IMAGE            base of every stage (default python:3.11-slim; tests pass a local one)
+#   BASE_IMAGE            base of every stage (default python:3.11-slim). When it is not set and
+#                         python:3.11-slim can be neither found nor pulled (machines without a
+#                         registry), the local imstack-base:bookworm of scripts/setup.d/50-docker.sh
+#                         is used, and the script says so.
 #   IMAGE_REPO            name prefix (default imstack -> imstack/access:TAG ...)
 #   IMAGE_TAG             tag (default: the project version from pyproject.toml)
 #   IMAGE_PYTHON_VERSION  Python of the base image (default 3.11.0: the oldest 3.11, so that
@@ -20,7 +23,10 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 DOCKER="${DOCKER:-docker}"
 PYTHON="${PYTHON:-python3}"
-BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim}"
+DEFAULT_BASE=python:3.11-slim
+LOCAL_BASE=imstack-base:bookworm
+base_given="${BASE_IMAGE:+yes}"
+BASE_IMAGE="${BASE_IMAGE:-$DEFAULT_BASE}"
 IMAGE_REPO="${IMAGE_REPO:-imstack}"
 IMAGE_PYTHON_VERSION="${IMAGE_PYTHON_VERSION:-3.11.0}"
 IMAGES="${IMAGES:-access dispatch route operator}"
@@ -35,6 +41,18 @@ esac
 
 "$DOCKER" info >/dev/null 2>&1 || {
   echo "build-images: docker cannot reach a daemon (run scripts/setup.d/50-docker.sh)" >&2; exit 1; }
+
+if [ -z "$base_given" ] && ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1 \
+   && ! timeout 300 "$DOCKER" pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
+  if "$DOCKER" image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
+    echo "build-images: $BASE_IMAGE cannot be pulled here; using the local $LOCAL_BASE (Debian 12, Python 3.11)"
+    BASE_IMAGE="$LOCAL_BASE"
+  else
+    echo "build-images: $BASE_IMAGE cannot be pulled and $LOCAL_BASE does not exist:" \
+         "set BASE_IMAGE or run scripts/setup.d/50-docker.sh" >&2
+    exit 1
+  fi
+fi
 
 out="$root/build/images"
 wheelhouse="$out/wheelhouse"
@@ -94,8 +112,11 @@ for name in $IMAGES; do
   "$DOCKER" build -f "images/$name/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --label "org.opencontainers.image.title=imstack-$name" \
     --label "org.opencontainers.image.version=$IMAGE_TAG" \
+    --label "io.imstack.image=$name" \
     -t "$tag" "$context" >"$log" 2>&1 \
     || { tail -n 40 "$log" >&2; echo "build-images: $tag failed; full log in $log" >&2; exit 1; }
   size=$("$DOCKER" image inspect -f '{{.Size}}' "$tag")
   echo "build-images: $tag built in $(( $(date +%s) - start ))s, $(( size / 1000000 )) MB"
 done
+# Earlier builds of these images, now untagged, would pile up on a machine that rebuilds often.
+"$DOCKER" image prune -f --filter "label=io.imstack.image" >/dev/null
