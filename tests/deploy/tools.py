@@ -46,8 +46,8 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def render(*values_files: Path, sets: list[str] = (), namespace: str = "imstack-system") -> list[dict]:
-    """`helm template` of the chart; the rendered objects, in order."""
-    args = ["template", "im-stack", str(CHART), "--namespace", namespace]
+    """`helm template --include-crds` of the chart; the rendered objects, in order."""
+    args = ["template", "im-stack", str(CHART), "--namespace", namespace, "--include-crds"]
     for f in values_files:
         args += ["--values", str(f)]
     for s in sets:
