@@ -208,7 +208,9 @@ def kube(tmp_path_factory):
 
     cp = start_control_plane(tmp_path_factory.mktemp("kube"))
     try:
-        yield KubeApi(cp.url, cp.token, cp.ca_file)
+        api = KubeApi(cp.url, cp.token, cp.ca_file)
+        api.kubeconfig = str(cp.kubeconfig)
+        yield api
     finally:
         cp.stop()
 
@@ -252,3 +254,33 @@ def test_every_rendered_object_passes_server_side_dry_run(kube):
     # And nothing was stored by the dry runs.
     (dep,) = by_kind(render(), "Deployment")
     assert kube.get(dep).status == 404
+
+
+@pytest.mark.timeout(240)
+def test_helm_install_upgrade_uninstall_on_a_real_apiserver(kube):
+    """What a platform team runs: install (CRD from crds/ first, then the operator and an
+    ImCluster in the same release), upgrade, uninstall. No kubelet here, so nothing starts; the
+    API objects are what is checked."""
+    ns = "helm-e2e"
+    base = ["--kubeconfig", kube.kubeconfig, "--namespace", ns]
+    helm("install", "im-stack", str(CHART), *base, "--create-namespace", "--values", str(KIND_VALUES))
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "im-stack-operator", "namespace": ns}}
+    imc = {"apiVersion": "imstack.io/v1alpha1", "kind": "ImCluster", "metadata": {"name": "im-demo", "namespace": ns}}
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "imclusters.imstack.io"}}
+    got = kube.get(dep)
+    assert got.status == 200, got.body
+    assert "--interval=10" in got.body["spec"]["template"]["spec"]["containers"][0]["args"]
+    got = kube.get(imc)
+    assert got.status == 200, got.body
+    assert got.body["spec"]["pvcRetention"] == "Retain", "the CRD's defaults were applied"
+    assert got.body["spec"]["access"]["service"]["nodePort"] == 30900
+
+    helm("upgrade", "im-stack", str(CHART), *base, "--values", str(KIND_VALUES), "--set", "operator.intervalSeconds=5")
+    got = kube.get(dep)
+    assert "--interval=5" in got.body["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert kube.get(imc).status == 200, "an upgrade keeps the ImCluster"
+
+    helm("uninstall", "im-stack", *base, "--wait", "--timeout", "60s")
+    assert kube.get(dep).status == 404
+    assert kube.get(crd).status == 200, "Helm keeps the CRD (and with it every other ImCluster)"
