@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # helm (chart lint/template tests) and actionlint (users' CI workflow lint), built from the
 # Go module proxy into $IMSTACK_TOOLS/bin: no prebuilt binaries can be downloaded here.
-# A binary that is already there at the pinned version is kept.
+# A binary that is already there at the pinned version is kept. actionlint runs shellcheck on
+# every `run:` script when it is on PATH: Debian's shellcheck is installed for that.
 set -euo pipefail
+if ! command -v shellcheck >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends shellcheck \
+    || { apt-get -o DPkg::Lock::Timeout=600 update -q;
+         DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends shellcheck; }
+fi
 HELM_VERSION=v3.22.0
 ACTIONLINT_VERSION=v1.7.12
 bin="${IMSTACK_TOOLS:-$HOME/.cache/imstack/tools}/bin"

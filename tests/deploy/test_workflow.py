@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import yaml
 
 from .tools import HELM_HINT, REPO, by_kind, render, run, tool
@@ -11,6 +13,7 @@ WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 
 def test_workflows_pass_actionlint():
     assert WORKFLOWS, "no workflow in .github/workflows"
+    assert shutil.which("shellcheck"), f"shellcheck (actionlint checks run: scripts with it) is missing: {HELM_HINT}"
     proc = run([tool("actionlint", HELM_HINT), "-no-color", *map(str, WORKFLOWS)], check=False, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -31,3 +34,16 @@ def test_kind_workflow_builds_loads_installs_waits_and_chats():
     for image in ("access", "dispatch", "route", "operator"):
         assert (REPO / "images" / image / "Dockerfile").is_file()
     assert "for name in access dispatch route operator" in text
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path):
+    """The lint is real: an unknown expression context and an unquoted shell variable fail it."""
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(
+        "on: push\njobs:\n  j:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: echo ${{ nosuch.context }}\n      - run: cp $SRC $DST\n"
+    )
+    proc = run([tool("actionlint", HELM_HINT), "-no-color", str(bad)], check=False, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "nosuch" in proc.stdout and "SC2086" in proc.stdout, proc.stdout
