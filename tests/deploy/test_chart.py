@@ -8,6 +8,7 @@ install (operator.watchNamespaces).
 
 from __future__ import annotations
 
+import json
 import time
 import tomllib
 
@@ -276,6 +277,24 @@ def test_helm_install_upgrade_uninstall_on_a_real_apiserver(kube):
     assert got.body["spec"]["pvcRetention"] == "Retain", "the CRD's defaults were applied"
     assert got.body["spec"]["access"]["service"]["nodePort"] == 30900
 
+    # The installed RBAC, through the API server's own authorizer, for the operator's identity.
+    sa = f"system:serviceaccount:{ns}:im-stack"
+    for verb, group, resource, where in [
+        ("patch", "imstack.io", "imclusters", "anywhere"), ("patch", "imstack.io", "imclusters/status", "x"),
+        ("create", "apps", "deployments", "x"), ("delete", "apps", "statefulsets", "x"),
+        ("patch", "", "services", "x"), ("create", "", "secrets", "x"), ("patch", "", "pods", "x"),
+        ("create", "", "events", "x"), ("delete", "policy", "poddisruptionbudgets", "x"),
+        ("list", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+    ]:
+        assert can(kube, sa, verb, group, resource, where), f"the operator cannot {verb} {resource}"
+    for verb, group, resource, where in [
+        ("delete", "", "pods", "x"), ("create", "", "pods", "x"), ("delete", "", "secrets", "x"),
+        ("get", "", "nodes", ""), ("create", "", "serviceaccounts", "x"),
+        ("update", "rbac.authorization.k8s.io", "clusterroles", ""),
+        ("delete", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+    ]:
+        assert not can(kube, sa, verb, group, resource, where), f"the operator may {verb} {resource}"
+
     helm("upgrade", "im-stack", str(CHART), *base, "--values", str(KIND_VALUES), "--set", "operator.intervalSeconds=5")
     got = kube.get(dep)
     assert "--interval=5" in got.body["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -284,3 +303,39 @@ def test_helm_install_upgrade_uninstall_on_a_real_apiserver(kube):
     helm("uninstall", "im-stack", *base, "--wait", "--timeout", "60s")
     assert kube.get(dep).status == 404
     assert kube.get(crd).status == 200, "Helm keeps the CRD (and with it every other ImCluster)"
+
+
+def can(kube, user: str, verb: str, group: str, resource: str, namespace: str) -> bool:
+    """SubjectAccessReview: may `user` (a service account) do this, per the live RBAC?"""
+    ns = user.split(":")[2]
+    res, _, sub = resource.partition("/")
+    attrs = {"verb": verb, "group": group, "resource": res}
+    if sub:
+        attrs["subresource"] = sub
+    if namespace:
+        attrs["namespace"] = namespace
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+              "spec": {"user": user, "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
+                                                "system:authenticated"], "resourceAttributes": attrs}}
+    out = kube.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", json.dumps(review).encode(),
+                       "application/json")
+    assert out.status == 201, out.body
+    return bool(out.body["status"].get("allowed"))
+
+
+@pytest.mark.timeout(240)
+def test_namespaced_install_grants_only_its_namespaces(kube):
+    ns = "ops"
+    # Helm puts each Role into its namespace: the watched namespaces exist first.
+    for name in ("team-a", "team-b"):
+        _apply_for_real(kube, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    helm("install", "im-ops", str(CHART), "--kubeconfig", kube.kubeconfig, "--namespace", ns, "--create-namespace",
+         "--set", "operator.watchNamespaces={team-a}")
+    sa = f"system:serviceaccount:{ns}:im-ops-im-stack"
+    assert can(kube, sa, "create", "apps", "deployments", "team-a")
+    assert can(kube, sa, "watch", "imstack.io", "imclusters", "team-a")
+    assert not can(kube, sa, "create", "apps", "deployments", "team-b")
+    assert not can(kube, sa, "watch", "imstack.io", "imclusters", "team-b")
+    assert not can(kube, sa, "get", "", "secrets", "kube-system")
+    assert can(kube, sa, "list", "", "namespaces", "")
+    helm("uninstall", "im-ops", "--kubeconfig", kube.kubeconfig, "--namespace", ns)
