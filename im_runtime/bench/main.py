@@ -255,7 +255,7 @@ def bench_connections(args: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         stop_warm.set()
         alive = 0
-        for _ in procs:
+        for _ in range(len(procs) + 1):  # every worker and the warm-up connection report
             msg = results.get(timeout=60)
             alive += msg[1] if msg[0] == "done" else 0
         for p in procs + [wp]:
