@@ -19,14 +19,19 @@ class EvictionPolicyError(RuntimeError):
 
 
 def redis_client(url: str, *, max_connections: int = 64) -> aioredis.Redis:
-    """A pooled asyncio client; bytes in, bytes out (stores decode what they need)."""
-    return aioredis.Redis.from_url(
+    """A pooled asyncio client; bytes in, bytes out (stores decode what they need).
+
+    A blocking pool: a burst beyond max_connections waits for a free connection (up to
+    `timeout` s) instead of failing, and the number of sockets to Redis stays bounded."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
+        timeout=10,
         decode_responses=False,
         health_check_interval=30,
         socket_keepalive=True,
     )
+    return aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True)
 
 
 def mongo_client(url: str, *, max_pool_size: int = 32) -> AsyncMongoClient:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # FerretDB v1.24.x (MongoDB wire protocol on SQLite) for the cluster-mode storage tests.
-# Built from the Go module proxy with the pinned go.mod/go.sum in scripts/tools/ferretdb
+# Built from the Go module proxy: scripts/tools/ferretdb is a small main (pinned go.mod/go.sum)
+# around FerretDB's embeddable package
 # (no prebuilt binaries can be downloaded here); cached in $IMSTACK_TOOLS/bin/ferretdb.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,7 +17,7 @@ mkdir -p "$tools/bin"
 echo "20-ferretdb: building FerretDB $want (a few minutes on 2 cores)..."
 cd "$here/tools/ferretdb"
 tmp="$bin.tmp.$$"
-GOFLAGS="${GOFLAGS:-} -mod=mod" go build -trimpath -ldflags "-s -w" -o "$tmp" github.com/FerretDB/FerretDB/cmd/ferretdb
+GOFLAGS="${GOFLAGS:-} -mod=mod" go build -trimpath -ldflags "-s -w" -o "$tmp" .
 mv -f "$tmp" "$bin"
 echo "$want" > "$stamp"
 "$bin" --version | head -3

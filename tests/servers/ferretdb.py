@@ -1,8 +1,9 @@
 """Starts a real FerretDB (MongoDB wire protocol over SQLite) for tests.
 
 The binary is built by scripts/setup.d/20-ferretdb.sh into $IMSTACK_TOOLS/bin/ferretdb. Each
-call runs its own process on a free loopback port with its SQLite files, state file and no
-debug listener or telemetry, so parallel servers never collide.
+call runs its own process on a free loopback port with its own SQLite directory. The binary is
+a thin main around FerretDB's embeddable package (scripts/tools/ferretdb/main.go): its state is
+in memory, it has no debug listener and never sends telemetry, so parallel servers never collide.
 """
 from __future__ import annotations
 
@@ -74,9 +75,9 @@ def start_ferretdb(tmp_dir: str | Path) -> FerretDB:
         log_path = base / "ferretdb.log"
         args = [
             str(binary), "--handler=sqlite", f"--sqlite-url=file:{data}/", f"--listen-addr=127.0.0.1:{port}",
-            f"--state-dir={base}", "--debug-addr=-", "--telemetry=disable", "--log-level=warn",
+            "--log-level=warn",
         ]
-        env = dict(os.environ, DO_NOT_TRACK="1", FERRETDB_TELEMETRY="disable")
+        env = dict(os.environ, DO_NOT_TRACK="1")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
