@@ -39,7 +39,7 @@ class _Pools:
         self.mongo = mongo
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
         await self.mongo.close()
 
 

@@ -7,10 +7,10 @@ Design (docs/storage.md has the collections and indexes):
   (conversation), `s` (seq), `m` (message id), `t` (server time) and `b` (the serialized
   protobuf). A unique index on (c, s) serves history ranges and max_seq, and makes save
   idempotent per (conversation, seq): a duplicate is a DuplicateKeyError we swallow.
-- Every multi-node counter is one findOneAndUpdate on one document ($inc for id segments,
-  $max for seq marks), which MongoDB applies atomically: two nodes never get the same range.
-- Groups: MongoDB holds the truth with a version `v` bumped by every write; Redis caches the
-  member list (RedisGroupCache) keyed by that version, so a stale reader never wins.
+- Multi-node counters (id segments, seq marks) are Chains of insert-only documents whose
+  unique `_id` makes each step atomic on MongoDB and on FerretDB alike (see Chain).
+- Groups: MongoDB holds the truth, one document per membership; Redis caches the member list
+  (RedisGroupCache) and every write invalidates it.
 Uses pymongo's own asyncio client (`AsyncMongoClient`), which FerretDB accepts.
 """
 from __future__ import annotations
@@ -19,9 +19,10 @@ import asyncio
 from typing import Iterable
 
 from bson import Binary
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.storage.redis_store import RedisGroupCache
@@ -37,18 +38,63 @@ def message_key(conversation_id: str, message_id: int) -> str:
 async def ensure_indexes(db: AsyncDatabase) -> None:
     """Idempotent; run once at start by cluster_stores."""
     await db.messages.create_index([("c", ASCENDING), ("s", ASCENDING)], name="conv_seq", unique=True)
+    await db.group_members.create_index([("g", ASCENDING)], name="group")
 
 
-async def _upsert_retry(op, attempts: int = 5):
-    """Two nodes upserting the same missing document race on its _id; the loser retries and
-    then updates the winner's document (MongoDB documents this retry)."""
-    for attempt in range(attempts):
-        try:
-            return await op()
-        except DuplicateKeyError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.005 * (attempt + 1))
+class Chain:
+    """A counter that only moves forward, atomic across nodes on any MongoDB-compatible server.
+
+    Why not one document and findOneAndUpdate($inc/$max)? MongoDB applies that atomically, but
+    FerretDB v1 (our test server) runs findAndModify as read, compute, replace: two nodes
+    could both read 10 and both be handed [10, 20). So every step is an *insert* whose `_id`
+    names the value it starts from (f"{name}#{from:020d}"): the unique `_id` lets exactly one
+    node move the counter on from a given value, the loser re-reads and retries. A head
+    document {_id: name, v} is only a hint of where the chain ends (walked forward from it with
+    `_id` lookups), so it may lag without harm. Links are never deleted: a node that read an
+    old value must still collide with the link that already moved on from it.
+    """
+
+    def __init__(self, collection: AsyncCollection, *, initial: int) -> None:
+        self._c = collection
+        self._initial = initial
+
+    @staticmethod
+    def _link(name: str, value: int) -> str:
+        return f"{name}#{value:020d}"
+
+    async def current(self, name: str) -> int:
+        head = await self._c.find_one({"_id": name}, {"v": 1})
+        value = int(head["v"]) if head else self._initial
+        for _ in range(10_000):  # bounded walk; the head lags by a few links at most
+            link = await self._c.find_one({"_id": self._link(name, value)}, {"v": 1})
+            if link is None:
+                return value
+            value = int(link["v"])
+        raise RuntimeError(f"chain {name!r} did not end within 10000 links")
+
+    async def advance(self, name: str, step) -> tuple[int, int]:
+        """Moves the counter from its current value to step(current) (> current); returns
+        (from, to). If step returns None (nothing to do), returns (current, current)."""
+        value = await self.current(name)
+        for _attempt in range(1000):
+            target = step(value)
+            if target is None:
+                return value, value
+            if target <= value:
+                raise ValueError("a chain only moves forward")
+            try:
+                await self._c.insert_one({"_id": self._link(name, value), "v": int(target)})
+            except DuplicateKeyError:  # another node moved on from `value` first: follow it
+                link = await self._c.find_one({"_id": self._link(name, value)}, {"v": 1})
+                if link is not None:
+                    value = int(link["v"])
+                continue
+            try:  # best-effort hint; a lagging or lost head only lengthens the next walk
+                await self._c.update_one({"_id": name}, {"$max": {"v": int(target)}}, upsert=True)
+            except DuplicateKeyError:
+                pass
+            return value, target
+        raise RuntimeError(f"chain {name!r}: too much contention")
 
 
 class MongoMessageStore:
@@ -94,24 +140,19 @@ class MongoMessageStore:
 
 
 class MongoSeqFloor:
-    """Durable floor of the Redis seq counters (redis_store.SeqFloor): `seq_marks` documents
-    {_id: conversation, hi: highest seq Redis may hand out}, raised with $max."""
+    """Durable floor of the Redis seq counters (redis_store.SeqFloor): a Chain per
+    conversation in `seq_marks` holding the highest seq Redis may hand out."""
 
     def __init__(self, db: AsyncDatabase, messages: MongoMessageStore) -> None:
-        self._c = db.seq_marks
+        self._chain = Chain(db.seq_marks, initial=0)
         self._messages = messages
 
     async def reserve(self, conversation_id: str, at_least: int) -> int:
-        async def op():
-            return await self._c.find_one_and_update(
-                {"_id": conversation_id}, {"$max": {"hi": int(at_least)}}, upsert=True, return_document=ReturnDocument.AFTER
-            )
-
-        return int((await _upsert_retry(op))["hi"])
+        _, mark = await self._chain.advance(conversation_id, lambda cur: None if cur >= at_least else int(at_least))
+        return mark
 
     async def reserved(self, conversation_id: str) -> int:
-        doc = await self._c.find_one({"_id": conversation_id})
-        return int(doc["hi"]) if doc else 0
+        return await self._chain.current(conversation_id)
 
     async def stored_max(self, conversation_id: str) -> int:
         return await self._messages.max_seq(conversation_id)
@@ -121,75 +162,81 @@ class MongoSeqFloor:
 
 
 class MongoSegmentStore:
-    """`segments` documents {_id: name, n: ids handed out}; ids start at 1 (S17 segment mode)."""
+    """Id segments (S17 segment mode) as a Chain per name in `segments`; ids start at 1."""
 
     def __init__(self, db: AsyncDatabase) -> None:
-        self._c = db.segments
+        self._chain = Chain(db.segments, initial=1)
 
     async def lease(self, name: str, step: int) -> tuple[int, int]:
         if step <= 0:
             raise ValueError("step must be positive")
-
-        async def op():
-            return await self._c.find_one_and_update(
-                {"_id": name}, {"$inc": {"n": int(step)}}, upsert=True, return_document=ReturnDocument.AFTER
-            )
-
-        end = int((await _upsert_retry(op))["n"]) + 1
-        return end - step, end
+        return await self._chain.advance(name, lambda cur: cur + int(step))
 
 
 class MongoGroupStore:
-    """`groups` documents {_id: group, members: [...], v: version}, cached in Redis."""
+    """`groups` {_id: group} says a group exists; `group_members` holds one document per
+    membership, {_id: f"{group}|{uid}", g, u}. Adding is an insert and removing a delete of
+    that document, each atomic on its own, so concurrent changes from several nodes are exact
+    and report exactly what they changed (no read-modify-write of a member array). Reads go
+    through the Redis cache (RedisGroupCache), which every write invalidates."""
 
     def __init__(self, db: AsyncDatabase, cache: RedisGroupCache) -> None:
-        self._c = db.groups
+        self._groups = db.groups
+        self._members = db.group_members
         self._cache = cache
+
+    @staticmethod
+    def _doc(group_id: str, uid: str) -> dict:
+        return {"_id": f"{group_id}|{uid}", "g": group_id, "u": uid}
+
+    async def _insert(self, group_id: str, members: list[str]) -> list[str]:
+        if not members:
+            return []
+        try:
+            await self._members.insert_many([self._doc(group_id, m) for m in members], ordered=False)
+            return members
+        except BulkWriteError as exc:
+            failed = {members[e["index"]] for e in exc.details.get("writeErrors", []) if e.get("code") == 11000}
+            others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+            if others:
+                raise
+            return [m for m in members if m not in failed]
 
     async def create(self, group_id: str, members: Iterable[str]) -> bool:
         members = list(dict.fromkeys(members))
         try:
-            await self._c.insert_one({"_id": group_id, "members": members, "v": 1})
+            await self._groups.insert_one({"_id": group_id})
         except DuplicateKeyError:
             return False
-        await self._cache.put(group_id, 1, members)
+        await self._insert(group_id, members)
+        await self._cache.invalidate(group_id)
         return True
 
     async def add_members(self, group_id: str, members: Iterable[str]) -> list[str] | None:
-        members = list(dict.fromkeys(members))
-        before = await self._c.find_one_and_update(
-            {"_id": group_id},
-            {"$addToSet": {"members": {"$each": members}}, "$inc": {"v": 1}},
-            return_document=ReturnDocument.BEFORE,
-        )
-        if before is None:
+        if await self._groups.find_one({"_id": group_id}, {"_id": 1}) is None:
             return None
-        had = set(before["members"])
-        added = [m for m in members if m not in had]
-        await self._cache.put(group_id, int(before["v"]) + 1, had.union(added))
+        added = await self._insert(group_id, list(dict.fromkeys(members)))
+        if added:
+            await self._cache.invalidate(group_id)
         return added
 
     async def remove_members(self, group_id: str, members: Iterable[str]) -> list[str] | None:
-        members = list(dict.fromkeys(members))
-        before = await self._c.find_one_and_update(
-            {"_id": group_id},
-            {"$pullAll": {"members": members}, "$inc": {"v": 1}},
-            return_document=ReturnDocument.BEFORE,
-        )
-        if before is None:
+        if await self._groups.find_one({"_id": group_id}, {"_id": 1}) is None:
             return None
-        had = set(before["members"])
-        removed = [m for m in members if m in had]
-        await self._cache.put(group_id, int(before["v"]) + 1, had.difference(removed))
+        members = list(dict.fromkeys(members))
+        results = await asyncio.gather(*(self._members.delete_one({"_id": f"{group_id}|{m}"}) for m in members))
+        removed = [m for m, r in zip(members, results) if r.deleted_count]
+        if removed:
+            await self._cache.invalidate(group_id)
         return removed
 
     async def members(self, group_id: str) -> frozenset[str] | None:
-        cached = await self._cache.get(group_id)
+        cached, version = await self._cache.get(group_id)
         if cached is not None:
             return cached
-        doc = await self._c.find_one({"_id": group_id})
-        if doc is None:
+        if await self._groups.find_one({"_id": group_id}, {"_id": 1}) is None:
             return None
-        await self._cache.put(group_id, int(doc["v"]), doc["members"])
-        return frozenset(doc["members"])
-
+        docs = await self._members.find({"g": group_id}, {"u": 1, "_id": 0}).to_list(None)
+        members = frozenset(d["u"] for d in docs)
+        await self._cache.put(group_id, version, members)
+        return members

@@ -31,7 +31,7 @@ def redis_client(url: str, *, max_connections: int = 64) -> aioredis.Redis:
         health_check_interval=30,
         socket_keepalive=True,
     )
-    return aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True)
+    return aioredis.Redis(connection_pool=pool)
 
 
 def mongo_client(url: str, *, max_pool_size: int = 32) -> AsyncMongoClient:

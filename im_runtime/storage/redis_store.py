@@ -371,30 +371,45 @@ class RedisReadStore:
 
 # --------------------------------------------------------------------------- group cache
 
-# KEYS: cache hash; ARGV: version, members json, ttl ms. Keeps only the newest version.
+# KEYS: cache hash; ARGV: version read before loading ('' = none), members json, ttl ms.
+# Stores the list only if no write invalidated the group since the version was read.
 _GROUP_PUT = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
-if tonumber(ARGV[1]) > cur then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'm', ARGV[2])
-end
+local v = redis.call('HGET', KEYS[1], 'v') or ''
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'm', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: cache hash. Drops the list and bumps the version, in one step.
+_GROUP_INVALIDATE = """
+redis.call('HDEL', KEYS[1], 'm')
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
 
 class RedisGroupCache:
-    """`im:grp:{t}:<group>` hash {v: version, m: members json}: a read cache in front of the
-    MongoDB group documents. Writers put the version they produced; a put never replaces a
-    newer version, so a slow reader cannot bring back a stale member list."""
+    """`im:grp:{t}:<group>` hash {m: members json, v: invalidation counter}: a read cache in
+    front of the MongoDB group documents. A reader notes `v` with its miss and stores what it
+    loaded only if `v` is unchanged; every write bumps `v` after changing MongoDB. So a reader
+    that loaded before a write either stores before the bump (which then drops it) or is
+    refused: a stale member list never outlives a write."""
 
     def __init__(self, client: aioredis.Redis, *, ttl_s: float = 3600) -> None:
         self._r = client
         self._ttl_ms = int(ttl_s * 1000)
         self._put = client.register_script(_GROUP_PUT)
+        self._invalidate = client.register_script(_GROUP_INVALIDATE)
 
-    async def get(self, group_id: str) -> frozenset[str] | None:
-        raw = await self._r.hget(_key("grp", group_id), "m")
-        return None if raw is None else frozenset(json.loads(raw))
+    async def get(self, group_id: str) -> tuple[frozenset[str] | None, str]:
+        """(members or None on a miss, the version to hand back to put)."""
+        raw, version = await self._r.hmget(_key("grp", group_id), ["m", "v"])
+        return (None if raw is None else frozenset(json.loads(raw))), ("" if version is None else _s(version))
 
-    async def put(self, group_id: str, version: int, members: Iterable[str]) -> None:
-        await self._put(keys=[_key("grp", group_id)], args=[int(version), json.dumps(sorted(members)), self._ttl_ms])
+    async def put(self, group_id: str, version: str, members: Iterable[str]) -> None:
+        await self._put(keys=[_key("grp", group_id)], args=[version, json.dumps(sorted(members)), self._ttl_ms])
+
+    async def invalidate(self, group_id: str) -> None:
+        await self._invalidate(keys=[_key("grp", group_id)], args=[self._ttl_ms])
