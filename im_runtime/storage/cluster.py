@@ -12,6 +12,8 @@ returning; `Stores.close()` closes both pools.
 """
 from __future__ import annotations
 
+import os
+
 from im_runtime.storage.interfaces import Stores
 from im_runtime.storage.mongo_store import (
     MongoGroupStore,
@@ -93,4 +95,15 @@ async def cluster_stores(
         groups=MongoGroupStore(db, RedisGroupCache(pipe)),
         reads=RedisReadStore(pipe),
         segments=_ClosingSegments(db, pools),
+    )
+
+
+async def cluster_stores_from_env(**options) -> Stores:
+    """cluster_stores with the addresses of docs/contracts.md (IMSTACK_REDIS_URL,
+    IMSTACK_MONGO_URL, IMSTACK_MONGO_DB) and their defaults."""
+    return await cluster_stores(
+        os.environ.get("IMSTACK_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        os.environ.get("IMSTACK_MONGO_URL", "mongodb://127.0.0.1:27017"),
+        os.environ.get("IMSTACK_MONGO_DB", "imstack"),
+        **options,
     )

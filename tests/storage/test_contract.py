@@ -426,3 +426,39 @@ async def test_mongo_message_ids_read_newest_first(cluster_servers) -> None:
     finally:
         await client.close()
         await stores.close()
+
+
+async def test_redis_connection_loss_and_script_cache_loss_recover(cluster_servers, tmp_path) -> None:
+    """Redis restarts (script cache gone) and dropped connections must not wedge the stores."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from im_runtime.storage.cluster import cluster_stores
+    from tests.servers.redis import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    stores = await cluster_stores(server.url, cluster_servers.mongo.url, "imstack_contract")
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        conv, uid = new_id("c"), new_id("u")
+        assert await stores.sequences.next_seq(conv) == 1
+        assert await stores.offline.add(uid, msg(conv, 1)) == 1
+        await admin.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+        assert await stores.sequences.next_seq(conv) == 2
+        assert await stores.offline.add(uid, msg(conv, 2)) == 2
+        killed = await admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        deadline = time.monotonic() + 10
+        while True:  # a call racing the kill may fail once; the next ones reconnect
+            try:
+                seq = await stores.sequences.next_seq(conv)
+                break
+            except (ConnectionError, RedisConnectionError):
+                assert time.monotonic() < deadline, "stores never reconnected to Redis"
+                await asyncio.sleep(0.05)
+        assert seq >= 3
+        assert (await stores.offline.pull(uid, 0, 10))[0] == [msg(conv, 1), msg(conv, 2)]
+    finally:
+        await admin.aclose()
+        await stores.close()
+        server.stop()
