@@ -201,8 +201,10 @@ if c < tonumber(v[2]) then return {1, redis.call('HINCRBY', KEYS[1], 'c', 1)} en
 return {0, c}
 """
 
-# KEYS: counter hash; ARGV: floor (restart point when the counter is lost), mark
-# Raises c to the floor and m to the mark (both max-only), then hands out one seq if it can.
+# KEYS: counter hash; ARGV: floor (restart point when the counter is lost), mark, recovering
+# Raises m to the mark (max-only); recreates a lost counter at the floor only when the caller
+# computed that floor from MongoDB (recovering = 1): a floor read from Redis before a loss may
+# be below seqs another node handed out since. Then hands out one seq if it can.
 _SEQ_INSTALL = """
 local v = redis.call('HMGET', KEYS[1], 'c', 'm')
 local c = tonumber(v[1] or '0')
@@ -210,6 +212,7 @@ local m = tonumber(v[2] or '0')
 local floor = tonumber(ARGV[1])
 local mark = tonumber(ARGV[2])
 if not v[1] or not v[2] then
+  if ARGV[3] ~= '1' then return {-1, 0} end
   if c < floor then c = floor end
 end
 if mark > m then m = mark end
@@ -229,21 +232,26 @@ class RedisSequenceStore:
         self._block = block
         self._next = pipe.client.register_script(_SEQ_NEXT)
         self._install = pipe.client.register_script(_SEQ_INSTALL)
-        self._slow: dict[str, asyncio.Lock] = {}  # single flight per conversation for the slow path
+        # single flight per conversation for the slow path: lock and how many callers use it
+        self._slow: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def next_seq(self, conversation_id: str) -> int:
         key = _key("seq", conversation_id)
         status, value = await self._p.script(self._next, [key], [])
         if status == 1:
             return int(value)
-        lock = self._slow.setdefault(conversation_id, asyncio.Lock())
+        lock, users = self._slow.get(conversation_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._slow[conversation_id] = (lock, users + 1)
         try:
             async with lock:
                 for _attempt in range(8):
                     status, value = await self._p.script(self._next, [key], [])  # another caller may have refilled
                     if status == 1:
                         return int(value)
-                    if status == -1:  # counter lost: restart above everything ever handed out
+                    recovering = status == -1
+                    if recovering:  # counter lost: restart above everything ever handed out
                         reserved, stored = await asyncio.gather(
                             self._floor.reserved(conversation_id), self._floor.stored_max(conversation_id)
                         )
@@ -251,13 +259,16 @@ class RedisSequenceStore:
                     else:
                         floor = int(value)
                     mark = await self._floor.reserve(conversation_id, floor + self._block)
-                    status, value = await self._p.script(self._install, [key], [floor, mark])
+                    status, value = await self._p.script(self._install, [key], [floor, mark, 1 if recovering else 0])
                     if status == 1:
                         return int(value)
                 raise RuntimeError(f"seq counter for {conversation_id!r} could not be refilled")
         finally:
-            if not lock.locked() and self._slow.get(conversation_id) is lock:
+            lock, users = self._slow[conversation_id]
+            if users == 1:
                 del self._slow[conversation_id]
+            else:
+                self._slow[conversation_id] = (lock, users - 1)
 
     async def latest_seqs(self, conversation_ids: Iterable[str]) -> dict[str, int]:
         convs = list(dict.fromkeys(conversation_ids))

@@ -17,7 +17,7 @@ mkdir -p "$tools/bin"
 echo "20-ferretdb: building FerretDB $want (a few minutes on 2 cores)..."
 cd "$here/tools/ferretdb"
 tmp="$bin.tmp.$$"
-GOFLAGS="${GOFLAGS:-} -mod=mod" go build -trimpath -ldflags "-s -w" -o "$tmp" .
+GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -ldflags "-s -w" -o "$tmp" .
 mv -f "$tmp" "$bin"
 echo "$want" > "$stamp"
 "$bin" --version | head -3
