@@ -6,8 +6,9 @@ Design (docs/storage.md has the full key table):
   keys spread over the cluster (S10) while all keys of one user (offline queue, its index and
   pending counts) or one conversation share a slot; each Lua script touches one slot only.
 - One round trip per store call: a single command, a Lua script where a step must be atomic
-  (offline add/ack, seq counter, de-dup claim, max-only read position), or a pipeline where
-  keys live in different slots (sessions, read positions).
+  (offline add/ack, seq counter, de-dup claim, max-only read position), or a few commands sent
+  together where keys live in different slots (sessions, read positions). Everything goes
+  through the process's shared pools.AutoPipeline, which pipelines concurrent calls.
 - Offline score (S10, S18) = max(server_time_ms * 1000, last score of that user + 1): close to
   the message time, strictly increasing per user so ties keep insertion order and never wrap,
   exact in a double until the year 2255. The score is the cursor handed to clients.
@@ -24,8 +25,8 @@ import json
 from typing import Iterable, Protocol
 
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.storage.pools import AutoPipeline
 from im_runtime.storage.interfaces import Claim, ClaimState
+from im_runtime.storage.pools import AutoPipeline
 
 PREFIX = "im"
 
@@ -224,7 +225,7 @@ return {0, c}
 
 class RedisSequenceStore:
     """`im:seq:{t}:<conversation>` hash {c, m}. INCR-speed in the common case (one Lua call);
-    every `block` seqs one MongoDB findOneAndUpdate raises the reserved mark."""
+    every `block` seqs one MongoDB chain step (mongo_store.Chain) raises the reserved mark."""
 
     def __init__(self, pipe: AutoPipeline, floor: SeqFloor, *, block: int = 100) -> None:
         self._p = pipe
@@ -284,8 +285,7 @@ class RedisSequenceStore:
 
 # --------------------------------------------------------------------------- de-dup (S12, S15)
 
-_PENDING = b"p"
-_DONE = b"d"
+_DONE = b"d"  # value prefix of a completed claim; a pending one is just b"p"
 
 # KEYS: claim key; ARGV: pending ttl ms. Returns 1 (new) or the stored value.
 _DEDUP_CLAIM = """

@@ -462,3 +462,32 @@ async def test_redis_connection_loss_and_script_cache_loss_recover(cluster_serve
         await admin.aclose()
         await stores.close()
         server.stop()
+
+
+async def test_redis_calls_share_few_connections_and_errors_stay_with_their_caller(cluster_servers) -> None:
+    import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
+
+    from im_runtime.storage.pools import AutoPipeline, redis_client
+
+    admin = aioredis.Redis.from_url(cluster_servers.redis.url)
+    client = redis_client(cluster_servers.redis.url)
+    pipe = AutoPipeline(client, cluster_servers.redis.url, connections=2)
+    try:
+        before = (await admin.info("clients"))["connected_clients"]
+        key = new_id("k")
+        ok, wrong, got = await asyncio.gather(
+            pipe.call("SET", key, "x"), pipe.call("HINCRBY", key, "f", 1), pipe.call("GET", key), return_exceptions=True
+        )
+        assert ok == b"OK" and got == b"x"
+        assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
+        echoes = await asyncio.gather(*(pipe.call("ECHO", f"e{i}") for i in range(3000)))
+        assert echoes == [f"e{i}".encode() for i in range(3000)]  # every reply reached its own caller
+        counts = await asyncio.gather(*(pipe.call("INCR", f"{key}:n") for _ in range(3000)))
+        assert sorted(counts) == list(range(1, 3001))
+        after = (await admin.info("clients"))["connected_clients"]
+        assert after - before <= 2  # no per-call connections: the two pipelined ones at most
+    finally:
+        await pipe.close()
+        await client.aclose()
+        await admin.aclose()
