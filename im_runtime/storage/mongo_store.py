@@ -110,6 +110,7 @@ class MongoMessageStore:
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._in_flight = 0
+        self._flushers: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
     async def save(self, message: pb.Message) -> None:
         doc = {
@@ -124,7 +125,9 @@ class MongoMessageStore:
         self._queue.append((doc, future))
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            asyncio.get_running_loop().create_task(self._flush())
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
         await future
 
     async def _flush(self) -> None:
