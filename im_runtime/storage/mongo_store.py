@@ -19,6 +19,7 @@ import asyncio
 from typing import Iterable
 
 from bson import Binary
+from prometheus_client import Counter
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.collection import AsyncCollection
@@ -28,6 +29,10 @@ from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.storage.redis_store import RedisGroupCache
 
 _MAX_ID = 2**63 - 1
+
+MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message documents written (batched)")
+MESSAGE_BATCHES = Counter("imstack_mongo_message_batches_total", "insert_many batches of message documents")
+MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)")
 
 
 def message_key(conversation_id: str, message_id: int) -> str:
@@ -136,6 +141,8 @@ class MongoMessageStore:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 failed: dict[int, Exception] = {}
+                MESSAGE_BATCHES.inc()
+                MESSAGES_SAVED.inc(len(batch))
                 try:
                     await self._c.insert_many([doc for doc, _ in batch], ordered=False)
                 except BulkWriteError as exc:
@@ -144,6 +151,8 @@ class MongoMessageStore:
                             failed[error["index"]] = OperationFailure(error.get("errmsg", "write error"), error.get("code"))
                 except Exception as exc:  # the whole batch failed (connection, timeout)
                     failed = dict.fromkeys(range(len(batch)), exc)
+                if failed:
+                    MESSAGE_SAVE_ERRORS.inc(len(failed))
                 for i, (_, future) in enumerate(batch):
                     if future.done():
                         continue

@@ -18,8 +18,17 @@ from urllib.parse import parse_qs, unquote, urlparse
 import hiredis
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from pymongo import AsyncMongoClient
 from redis.exceptions import NoScriptError, ResponseError
+
+
+# Batch-level metrics (cheap: one update per write, not per command). The ratio
+# commands/writes is the average pipeline depth.
+REDIS_COMMANDS = Counter("imstack_redis_pipeline_commands_total", "Commands sent on the pipelined Redis connections")
+REDIS_WRITES = Counter("imstack_redis_pipeline_writes_total", "Socket writes carrying those commands")
+REDIS_CONNECTS = Counter("imstack_redis_pipeline_connects_total", "Pipelined Redis connections opened")
+REDIS_LOST = Counter("imstack_redis_pipeline_connections_lost_total", "Pipelined Redis connections lost")
 
 
 class EvictionPolicyError(RuntimeError):
@@ -118,6 +127,7 @@ class _RespProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        REDIS_LOST.inc()
         self._fail(ConnectionError(f"Redis connection lost: {exc or 'closed by the server'}"))
 
     def _fail(self, exc: Exception) -> None:
@@ -139,6 +149,8 @@ class _RespProtocol(asyncio.Protocol):
     def _write(self) -> None:
         self._write_scheduled = False
         if self._out and not self.lost:
+            REDIS_COMMANDS.inc(len(self._out))
+            REDIS_WRITES.inc()
             data = b"".join(self._out)
             self._out.clear()
             self.transport.write(data)
@@ -187,6 +199,7 @@ class AutoPipeline:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(_RespProtocol, self._host, self._port, ssl=self._ssl), timeout=10
             )
+            REDIS_CONNECTS.inc()
             hello = []
             if self._password is not None:
                 hello.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))

@@ -468,7 +468,12 @@ async def test_redis_calls_share_few_connections_and_errors_stay_with_their_call
     import redis.asyncio as aioredis
     from redis.exceptions import ResponseError
 
+    from prometheus_client import REGISTRY
+
     from im_runtime.storage.pools import AutoPipeline, redis_client
+
+    def metric(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
 
     admin = aioredis.Redis.from_url(cluster_servers.redis.url)
     client = redis_client(cluster_servers.redis.url)
@@ -481,7 +486,10 @@ async def test_redis_calls_share_few_connections_and_errors_stay_with_their_call
         )
         assert ok == b"OK" and got == b"x"
         assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
+        commands, writes = metric("imstack_redis_pipeline_commands_total"), metric("imstack_redis_pipeline_writes_total")
         echoes = await asyncio.gather(*(pipe.call("ECHO", f"e{i}") for i in range(3000)))
+        assert metric("imstack_redis_pipeline_commands_total") - commands == 3000
+        assert metric("imstack_redis_pipeline_writes_total") - writes <= 4  # pipelined: one write per connection per loop turn
         assert echoes == [f"e{i}".encode() for i in range(3000)]  # every reply reached its own caller
         counts = await asyncio.gather(*(pipe.call("INCR", f"{key}:n") for _ in range(3000)))
         assert sorted(counts) == list(range(1, 3001))
