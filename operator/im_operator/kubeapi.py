@@ -71,7 +71,7 @@ class Kube:
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
-            data = body if isinstance(body, str) else json.dumps(body)
+            data = body  # the client serializes dicts as JSON (valid YAML for apply patches)
         m, url, h, b, pp = self.client.param_serialize(method, path, header_params=headers, body=data, auth_settings=["BearerToken"])
         resp = self.client.call_api(m, url, header_params=h, body=b, post_params=pp, _request_timeout=30)
         raw = resp.read()
