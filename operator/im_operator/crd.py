@@ -10,6 +10,7 @@ exist) is reported in status as Degraded.
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
@@ -160,7 +161,36 @@ def _backing(name: str, *, replicas: int, size: str, image: str, desc: str, url_
     )
 
 
+def apply_defaults(schema: Schema, value: Any) -> Any:
+    """Fill in `value` from the schema's defaults, nested ones included (structural defaulting)."""
+    if schema.get("type") == "object" and isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = apply_defaults(sub, value[key])
+    elif schema.get("type") == "array" and isinstance(value, list) and "items" in schema:
+        value = [apply_defaults(schema["items"], v) for v in value]
+    return value
+
+
+def _expand_defaults(schema: Schema) -> Schema:
+    """Make every object default complete: the API server checks defaults against CEL rules
+    as written, before filling nested defaults into them."""
+    for sub in schema.get("properties", {}).values():
+        _expand_defaults(sub)
+    if isinstance(schema.get("items"), dict):
+        _expand_defaults(schema["items"])
+    if isinstance(schema.get("default"), dict):
+        schema["default"] = apply_defaults(schema, copy.deepcopy(schema["default"]))
+    return schema
+
+
 def spec_schema() -> Schema:
+    return _expand_defaults(_spec_schema())
+
+
+def _spec_schema() -> Schema:
     return _obj(
         {
             "image": _obj(

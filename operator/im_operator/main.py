@@ -32,12 +32,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import handlers  # noqa: F401 - registers the handlers (reads the interval)
 
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or None,
-        liveness_endpoint=args.liveness or None,
-    )
+    scope = {"namespaces": args.namespace} if args.namespace else {"clusterwide": True}
+    kopf.run(standalone=True, liveness_endpoint=args.liveness or None, **scope)
 
 
 if __name__ == "__main__":

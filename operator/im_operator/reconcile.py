@@ -147,6 +147,7 @@ class Reconciler:
         replicas: dict[str, int] = {}
         auto_ok, auto_reason, auto_msg = True, "Stable", ""
         connections = 0
+        msgs: list[str] = []
         saved = old_status.get("autoscaling") or {}
         zk_client = None
         root = specmod.zk_root(spec, name=name, namespace=namespace)
@@ -176,9 +177,10 @@ class Reconciler:
                     if res.action.kind is not scaling.Kind.NONE:
                         last_reason, last_time = f"{component}: {res.action.reason}", _now_iso()
                     if state.drain is not None:
-                        auto_reason, auto_msg = "Draining", f"{component}: draining {state.drain.node_id}"
-                    elif auto_reason == "Stable":
-                        auto_msg = f"{component}: {res.total} connections, {state.replicas} pods (desired {res.stable_desired})"
+                        auto_reason = "Draining"
+                        msgs.append(f"{component}: draining {state.drain.node_id} ({res.action.reason})")
+                    else:
+                        msgs.append(f"{component}: {res.total} connections, {state.replicas} pods (desired {res.stable_desired})")
                 except Exception as e:  # noqa: BLE001
                     auto_ok, auto_reason, auto_msg = False, "ZooKeeperUnavailable", f"{component}: {e}"
                     self._warn_once(mem, emit, "AutoscalingFailed", auto_msg)
@@ -187,6 +189,8 @@ class Reconciler:
             mem.scalers[kind] = state
             replicas[kind] = state.replicas
 
+        if auto_ok and msgs:
+            auto_msg = "; ".join(msgs)
         children = manifests.desired_children(
             spec, name=name, namespace=namespace, owner=owner, access_replicas=replicas["tcp"], ws_replicas=replicas.get("ws", 0)
         )

@@ -51,7 +51,7 @@ class Drain:
 @dataclass(frozen=True)
 class State:
     replicas: int
-    # (time, desired) samples within the stabilization window, oldest first.
+    # (time, desired) samples within the stabilization window, oldest first, desired decreasing.
     history: tuple[tuple[float, int], ...] = ()
     drain: Drain | None = None
     last_reason: str = ""
@@ -97,8 +97,13 @@ def step(state: State, loads: Iterable[PodLoad], *, now: float, policy: Policy) 
     loads = list(loads)
     total = sum(max(0, p.connections) for p in loads)
     desired = desired_replicas(total, policy)
-    history = tuple((t, d) for t, d in state.history if now - t < policy.stabilization_s) + ((now, desired),)
-    stable = max(d for _, d in history)
+    # A monotonic queue: a sample is dropped once a later one is at least as high, since the
+    # window's maximum can no longer be it. The history stays a few entries long.
+    kept = [(t, d) for t, d in state.history if now - t < policy.stabilization_s]
+    while kept and kept[-1][1] <= desired:
+        kept.pop()
+    history = tuple(kept) + ((now, desired),)
+    stable = history[0][1]
     hold_until = state.hold_until if state.hold_until is not None else now + policy.stabilization_s
     state = replace(state, history=history, hold_until=hold_until)
 

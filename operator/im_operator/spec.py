@@ -11,26 +11,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .crd import spec_schema
+from .crd import apply_defaults, spec_schema
 
 Spec = dict[str, Any]
 
 
-def _default(schema: dict[str, Any], value: Any) -> Any:
-    if schema.get("type") == "object" and isinstance(value, dict):
-        for key, sub in schema.get("properties", {}).items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                value[key] = _default(sub, value[key])
-    elif schema.get("type") == "array" and isinstance(value, list) and "items" in schema:
-        value = [_default(schema["items"], v) for v in value]
-    return value
-
-
 def normalize(spec: Spec | None) -> Spec:
     """A deep copy of `spec` with every schema default filled in."""
-    return _default(spec_schema(), copy.deepcopy(dict(spec or {})))
+    return apply_defaults(spec_schema(), copy.deepcopy(dict(spec or {})))
 
 
 def problems(spec: Spec) -> list[str]:
