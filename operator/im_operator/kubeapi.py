@@ -64,10 +64,10 @@ class Kube:
             p += f"/{sub}"
         return p
 
-    def request(self, method: str, path: str, *, query: dict[str, str] | None = None, body: Any = None, content_type: str = "application/json") -> Any:
+    def request(self, method: str, path: str, *, query: dict[str, str] | None = None, body: Any = None, content_type: str = "application/json", accept: str = "application/json") -> Any:
         if query:
             path += "?" + urllib.parse.urlencode(query)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type

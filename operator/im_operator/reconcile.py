@@ -172,7 +172,7 @@ class Reconciler:
                     loads = zkmod.read_loads(zk_client, root, kind)
                     res = scaling.step(state, loads, now=now, policy=policy)
                     connections += res.total
-                    self._act(res, kind=kind, component=component, access=a, root=root, namespace=namespace, zk_client=zk_client, emit=emit)
+                    self._act(res, loads=loads, kind=kind, component=component, access=a, root=root, namespace=namespace, zk_client=zk_client, emit=emit)
                     state = res.state
                     if res.action.kind is not scaling.Kind.NONE:
                         last_reason, last_time = f"{component}: {res.action.reason}", _now_iso()
@@ -232,7 +232,7 @@ class Reconciler:
 
     # -- outputs --------------------------------------------------------------------------
 
-    def _act(self, res: scaling.Result, *, kind: str, component: str, access: dict, root: str, namespace: str, zk_client, emit: Emit) -> None:
+    def _act(self, res: scaling.Result, *, loads: list[scaling.PodLoad], kind: str, component: str, access: dict, root: str, namespace: str, zk_client, emit: Emit) -> None:
         a = res.action
         if a.kind is scaling.Kind.SCALE_UP:
             emit("Normal", "ScaledUp", f"{component} -> {a.replicas} pods: {a.reason}")
@@ -246,10 +246,11 @@ class Reconciler:
             emit("Normal", "DrainCancelled", f"{component}: {a.node_id}: {a.reason}")
         elif a.kind is scaling.Kind.SCALE_DOWN:
             if a.node_id:
+                pod = next((p.pod for p in loads if p.node_id == a.node_id and p.pod), a.node_id)
                 try:
-                    self.kube.merge_patch("Pod", namespace, a.node_id, {"metadata": {"annotations": {DELETION_COST: DRAINED_POD_COST}}})
+                    self.kube.merge_patch("Pod", namespace, pod, {"metadata": {"annotations": {DELETION_COST: DRAINED_POD_COST}}})
                 except KubeError as e:
-                    emit("Warning", "DeletionCostFailed", f"pod {a.node_id}: {e}")
+                    emit("Warning", "DeletionCostFailed", f"pod {pod}: {e}")
             emit("Normal", "ScaledDown", f"{component} -> {a.replicas} pods: {a.reason}")
 
     def _cleanup_drains(self, zk_client, root: str, mem: _Memory) -> None:

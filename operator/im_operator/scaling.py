@@ -39,6 +39,7 @@ class PodLoad:
     node_id: str
     connections: int
     draining: bool = False
+    pod: str = ""  # the Kubernetes pod (the node_id there); for pod-deletion-cost
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,22 @@ log = logging.getLogger(__name__)
 
 
 class ZkPool:
-    def __init__(self, *, timeout: float = 5.0) -> None:
+    def __init__(self, *, timeout: float = 5.0, retry_after: float = 15.0) -> None:
         self._clients: dict[str, KazooClient] = {}
+        self._failed: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._timeout = timeout
+        self._retry_after = retry_after
 
     def get(self, hosts: str) -> KazooClient:
         with self._lock:
             client = self._clients.get(hosts)
             if client is None or not client.connected:
+                failed = self._failed.get(hosts)
+                if failed and time.monotonic() - failed[0] < self._retry_after:
+                    # A ZooKeeper that is not up yet (a new managed quorum) must not stall every
+                    # reconcile pass for the connect timeout.
+                    raise ConnectionError(f"ZooKeeper {hosts} unreachable: {failed[1]}")
                 if client is not None:
                     try:
                         client.stop()
@@ -39,10 +46,13 @@ class ZkPool:
                 client = KazooClient(hosts=hosts, timeout=self._timeout)
                 try:
                     client.start(timeout=self._timeout)
-                except Exception:
+                except Exception as e:
+                    self._failed[hosts] = (time.monotonic(), repr(e))
                     client.stop()
                     client.close()
-                    raise
+                    self._clients.pop(hosts, None)
+                    raise ConnectionError(f"ZooKeeper {hosts} unreachable: {e!r}") from e
+                self._failed.pop(hosts, None)
                 self._clients[hosts] = client
             return client
 
@@ -77,7 +87,8 @@ def read_loads(zk: KazooClient, root: str, kind: str) -> list[PodLoad]:
             continue
         out.append(
             PodLoad(
-                node_id=str(data.get("pod") or data.get("node_id") or node_id),
+                node_id=node_id,
+                pod=str(data.get("pod") or node_id),
                 connections=int(data.get("connections", 0) or 0),
                 draining=bool(data.get("draining")) or node_id in draining,
             )

@@ -85,6 +85,10 @@ def test_apply_creates_children_then_ready_and_repairs(kube: Kube, namespace: st
     cl = wait_for(ready, what="Ready=True")
     assert condition(cl, "Progressing")["status"] == "False" and condition(cl, "Degraded")["status"] == "False"
     assert cl["status"]["components"]["access"] == {"desiredReplicas": 2, "readyReplicas": 2}
+    # What `kubectl get imc` prints (the CRD's printer columns, rendered by the API server).
+    table = kube.request("GET", f"/apis/imstack.io/v1alpha1/namespaces/{ns}/imclusters/im", accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+    row = dict(zip([c["name"] for c in table["columnDefinitions"]], table["rows"][0]["cells"]))
+    assert (row["Ready"], row["Reason"], row["Access"], row["Desired"], row["Connections"]) == ("True", "AllComponentsReady", 2, 2, 0)
 
     # The keys are generated once and survive a spec change.
     key = kube.get("Secret", ns, "im-keys")["data"]["tokenKey"]
@@ -149,3 +153,42 @@ def test_missing_secret_is_degraded_with_reason_and_event(kube: Kube, namespace:
     kube.create({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": "no-such-tls", "namespace": ns},
                  "data": {"tls.crt": base64.b64encode(b"x").decode(), "tls.key": base64.b64encode(b"y").decode()}})
     wait_for(lambda: condition(get_cluster(kube, ns, "im"), "Degraded")["status"] == "False", what="Degraded cleared")
+
+
+def test_managed_stores_and_zookeeper_from_a_secret(kube: Kube, namespace: str, zookeeper):
+    ns = namespace
+    # Everything managed: a 3-server ZooKeeper quorum, Redis, a MongoDB replica set.
+    create_cluster(kube, ns, "full", {})
+    wait_for(lambda: all(kube.get("StatefulSet", ns, f"full-{c}") for c in ("zookeeper", "redis", "mongodb")), what="managed stores")
+    zk_sts = kube.get("StatefulSet", ns, "full-zookeeper")
+    assert zk_sts["spec"]["replicas"] == 3 and zk_sts["spec"]["serviceName"] == "full-zookeeper-headless"
+    env = {e["name"]: e.get("value") for e in zk_sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert len(env["ZOO_SERVERS"].split()) == 3
+    cm = kube.get("ConfigMap", ns, "full-config")["data"]
+    assert cm["IMSTACK_ZK"].count("full-zookeeper-headless") == 3
+    # Its quorum's DNS names do not resolve here (no cluster DNS): the status says so, and why.
+    cl = wait_for(lambda: (c := get_cluster(kube, ns, "full")) and (a := condition(c, "AutoscalingActive")) and a["status"] == "False" and c,
+                  timeout=45, what="AutoscalingActive=False")
+    assert condition(cl, "AutoscalingActive")["reason"] == "ZooKeeperUnavailable"
+    wait_for(lambda: any(e["reason"] == "ZooKeeperUnavailable" and e["type"] == "Warning" for e in events(kube, ns)), what="Warning event")
+    assert kube.get("Deployment", ns, "full-access")["spec"]["replicas"] == 2  # left at minReplicas
+
+    # External ZooKeeper named by a Secret: the pods get it by secretKeyRef, the operator reads it.
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zk-conn", "namespace": ns},
+                 "data": {"hosts": base64.b64encode(zookeeper.hosts.encode()).decode()}})
+    create_cluster(kube, ns, "viasecret", {"zookeeper": {"external": {"secretRef": {"name": "zk-conn", "key": "hosts"}}},
+                                           "access": {"minReplicas": 1, "targetConnectionsPerPod": 10}, "wsAccess": {"enabled": False}})
+    from kazoo.client import KazooClient
+
+    zk = KazooClient(hosts=zookeeper.hosts)
+    zk.start(timeout=10)
+    try:
+        zk.create(f"/imstack/{ns}-viasecret/access/tcp/viasecret-access-0", b'{"connections": 25, "draining": false, "pod": "viasecret-access-0"}',
+                  ephemeral=True, makepath=True)
+        wait_for(lambda: kube.get("Deployment", ns, "viasecret-access")["spec"]["replicas"] == 3, what="scale up from counts read via the secret")
+        d = kube.get("Deployment", ns, "viasecret-dispatch")["spec"]["template"]["spec"]["containers"][0]
+        zk_env = next(e for e in d["env"] if e["name"] == "IMSTACK_ZK")
+        assert zk_env["valueFrom"]["secretKeyRef"] == {"name": "zk-conn", "key": "hosts"}
+    finally:
+        zk.stop()
+        zk.close()
