@@ -151,7 +151,13 @@ class Reconciler:
         saved = old_status.get("autoscaling") or {}
         zk_client = None
         root = specmod.zk_root(spec, name=name, namespace=namespace)
-        if autoscale:
+        if not autoscale:
+            # A spec-change pass reads no counts: keep what the last autoscaling pass reported.
+            connections = int(old_status.get("connections", 0) or 0)
+            prev = next((c for c in old_status.get("conditions", []) if c.get("type") == "AutoscalingActive"), None)
+            if prev:
+                auto_ok, auto_reason, auto_msg = prev.get("status") == "True", prev.get("reason", "Stable"), prev.get("message", "")
+        else:
             try:
                 zk_client = self.zkpool.get(self.zk_hosts(spec, name=name, namespace=namespace))
             except Exception as e:  # noqa: BLE001 - reported, never fatal

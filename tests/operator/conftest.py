@@ -79,35 +79,62 @@ def zookeeper(tmp_path_factory) -> Iterator[ZooKeeperServer]:
         zk.stop()
 
 
-@pytest.fixture(scope="session")
-def operator_process(control_plane: ControlPlane, kube: Kube, tmp_path_factory) -> Iterator[subprocess.Popen]:
-    log_path = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
-    log = open(log_path, "wb")
-    env = {**os.environ, "KUBECONFIG": control_plane.kubeconfig, "IMSTACK_OPERATOR_INTERVAL": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "im_operator.main", "--interval", "1", "--liveness", ""],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    try:
+class OperatorRunner:
+    """The operator as a real process (`python -m im_operator.main`), restartable by tests."""
+
+    def __init__(self, kubeconfig: str, log_dir: Path) -> None:
+        self.kubeconfig, self.log_dir = kubeconfig, log_dir
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+
+    def start(self) -> None:
+        self.runs += 1
+        log_path = self.log_dir / f"operator-{self.runs}.log"
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "IMSTACK_OPERATOR_INTERVAL": "1"}
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "im_operator.main", "--interval", "1", "--liveness", ""],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
         time.sleep(0.5)
-        if proc.poll() is not None:
+        if self.proc.poll() is not None:
             raise AssertionError(f"operator exited at start: {log_path.read_text()[-3000:]}")
-        yield proc
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def ensure_running(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+
+
+@pytest.fixture(scope="session")
+def operator_process(control_plane: ControlPlane, kube: Kube, tmp_path_factory) -> Iterator[OperatorRunner]:
+    runner = OperatorRunner(control_plane.kubeconfig, Path(tmp_path_factory.mktemp("operator")))
+    runner.start()
+    try:
+        yield runner
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+        runner.stop()
         if os.environ.get("IMSTACK_SHOW_OPERATOR_LOG"):
-            print(log_path.read_text()[-20000:])
+            for f in sorted(runner.log_dir.glob("*.log")):
+                print(f.read_text()[-20000:])
 
 
 @pytest.fixture
-def namespace(kube: Kube, operator_process) -> str:
+def namespace(kube: Kube, operator_process: OperatorRunner) -> str:
+    operator_process.ensure_running()
     ns = f"t-{uuid.uuid4().hex[:8]}"
     kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     return ns

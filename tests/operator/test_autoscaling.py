@@ -137,3 +137,42 @@ def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace
     finally:
         zk.stop()
         zk.close()
+
+
+def test_a_restarted_operator_resumes_the_drain_it_started(kube: Kube, namespace: str, zookeeper, operator_process):
+    ns = namespace
+    root = f"/imstack/{ns}-im"
+    zk = KazooClient(hosts=zookeeper.hosts)
+    zk.start(timeout=10)
+    try:
+        pods = FakeAccessPods(zk, root)
+        a = [f"im-access-{i}" for i in range(3)]
+        pods.set(a[0], 25)
+        create_cluster(kube, ns, "im", {
+            "access": {"minReplicas": 1, "maxReplicas": 3, "targetConnectionsPerPod": 10, "scaleDownStabilizationSeconds": 2,
+                       "drainTimeoutSeconds": 60},
+            "wsAccess": {"enabled": False},
+            "zookeeper": {"external": {"connectionString": zookeeper.hosts}},
+        })
+        wait_for(lambda: kube.get("Deployment", ns, "im-access")["spec"]["replicas"] == 3, what="scale up to 3")
+        pods.set(a[0], 5)
+        pods.set(a[1], 1)
+        pods.set(a[2], 2)
+        wait_for(lambda: pods.drains() == [a[1]], timeout=15, what="drain of the emptiest")
+        wait_for(lambda: (get_cluster(kube, ns, "im")["status"]["autoscaling"]["tcp"].get("drain") or {}).get("nodeId") == a[1],
+                 what="the drain saved in status")
+        # Now a[2] is the emptiest that is not draining. A restarted operator that forgot its
+        # drain would start a second one; it must resume the first instead.
+        pods.set(a[1], 3)
+        operator_process.restart()
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            assert pods.drains() == [a[1]], "a second drain started after the restart"
+            assert kube.get("Deployment", ns, "im-access")["spec"]["replicas"] == 3
+            time.sleep(0.2)
+        pods.set(a[1], 0, draining=True)
+        wait_for(lambda: kube.get("Deployment", ns, "im-access")["spec"]["replicas"] == 2, timeout=15, what="scale down after the resumed drain")
+        assert f"drained {a[1]}" in get_cluster(kube, ns, "im")["status"]["autoscaling"]["lastScaleReason"]
+    finally:
+        zk.stop()
+        zk.close()
