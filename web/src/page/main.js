@@ -71,11 +71,18 @@ function recordFromMessage(m) {
     from: m.from,
     own: m.from === model.me,
     text: m.content_type === 1 || !m.content_type ? utf8.decode(m.content) : "[unsupported content]",
-    time: Number(m.server_time) || Date.now(),
+    time: toMillis(m.server_time),
     state: m.from === model.me ? "delivered" : null,
     readBy: [],
     local: ++localCounter,
   };
+}
+
+/** server_time as epoch milliseconds, whether the server counts seconds or milliseconds. */
+function toMillis(value) {
+  const n = Number(value);
+  if (!n) return Date.now();
+  return n < 1e12 ? n * 1000 : n;
 }
 
 /** Adds or merges one server message; returns true when it was new. */
@@ -133,7 +140,7 @@ function renderStatus(status) {
 }
 
 function initials(name) {
-  return (name || "?").slice(0, 2).toUpperCase();
+  return (name || "?").slice(0, 1).toUpperCase();
 }
 
 function avatarColor(name) {
