@@ -123,6 +123,11 @@ class FrameDecoder:
         self._buffer = buf[offset:] if offset < end else b""
         return events
 
+    def stop(self) -> None:
+        """Refuses all further input (the I/O layer saw a fatal error of its own)."""
+        self._closed = True
+        self._buffer = b""
+
     def _fail(self, events: list[Frame | FrameError], code: ErrorCode, message: str) -> list[Frame | FrameError]:
         self._closed = True
         self._buffer = b""

@@ -1,0 +1,119 @@
+"""TCP (and TLS) client gateway: an asyncio Protocol around the connection core (S6, S8).
+
+One object per connection with __slots__ and no task while idle, so an idle authenticated
+connection costs a few KiB (see docs/benchmarks.md). Reading pauses when the request queue
+fills; writes past the buffer limit drop the client (its messages stay offline).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from im_runtime.access.node import AccessNode
+from im_runtime.access.session import GatewayConnection
+from im_runtime.protocol.types import DEFAULT_MAX_BODY
+
+log = logging.getLogger(__name__)
+
+
+class TcpConnection(GatewayConnection, asyncio.Protocol):
+    kind = "tcp"
+    __slots__ = ("transport",)
+
+    def __init__(self, node: AccessNode, *, max_body: int) -> None:
+        GatewayConnection.__init__(self, node, max_body=max_body)
+        self.transport: asyncio.Transport | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.opened():
+            transport.close()
+            self.core.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.received(self.core.receive_data(data))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn_id:
+            self.lost()
+        self.transport = None
+
+    # GatewayConnection hooks
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def _close_transport(self) -> None:
+        if self.transport is not None:
+            if self._write_buffer_size() > self.node.max_write_buffer:
+                self.transport.abort()  # a slow reader gets no more bytes
+            else:
+                self.transport.close()  # flushes what is queued (KICK, the last ERROR)
+
+    def _pause_reading(self, pause: bool) -> None:
+        if self.transport is not None:
+            (self.transport.pause_reading if pause else self.transport.resume_reading)()
+
+
+class TcpGateway:
+    kind = "tcp"
+
+    def __init__(
+        self,
+        node: AccessNode,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        backlog: int = 4096,
+    ) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.max_body = max_body
+        self.backlog = backlog
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: TcpConnection(self.node, max_body=self.max_body),
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            backlog=self.backlog,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("tcp gateway listening", extra={"host": self.host, "port": self.port, "tls": self.ssl_context is not None})
+
+    @property
+    def connection_count(self) -> int:
+        return self.node.count(self.kind)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        await self.stop_accepting()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx

@@ -1,0 +1,54 @@
+"""Read-side questions asked by both the protocol (dispatch) and the HTTP API (route)."""
+from __future__ import annotations
+
+from im_runtime.proto import imstack_pb2 as pb
+from im_runtime.protocol.types import ErrorCode, group_conversation, parse_conversation
+from im_runtime.storage.interfaces import Stores
+
+MAX_PAGE = 500
+
+
+async def membership(stores: Stores, uid: str, conversation_id: str) -> ErrorCode:
+    """OK, or why uid may not read the conversation (BAD_BODY, NOT_FOUND, FORBIDDEN)."""
+    parsed = parse_conversation(conversation_id)
+    if parsed is None:
+        return ErrorCode.BAD_BODY
+    kind, parts = parsed
+    if kind == pb.SINGLE:
+        return ErrorCode.OK if uid in parts else ErrorCode.FORBIDDEN
+    members = await stores.groups.members(parts[0])
+    if members is None:
+        return ErrorCode.NOT_FOUND
+    return ErrorCode.OK if uid in members else ErrorCode.FORBIDDEN
+
+
+def refusal(code: ErrorCode, conversation_id: str) -> str:
+    return {
+        ErrorCode.BAD_BODY: f"malformed conversation id {conversation_id!r}",
+        ErrorCode.NOT_FOUND: f"unknown conversation {conversation_id}",
+        ErrorCode.FORBIDDEN: "not a member of the conversation",
+    }.get(code, code.name)
+
+
+async def history(
+    stores: Stores, conversation_id: str, *, after_seq: int, before_seq: int, limit: int
+) -> tuple[list[pb.Message], bool]:
+    """A page of history in ascending seq order.
+
+    after_seq only: the oldest `limit` after it (catching up). before_seq (or nothing): the
+    newest `limit` below it (scrolling back), still returned ascending.
+    """
+    limit = min(limit or 50, MAX_PAGE)
+    newest_first = before_seq > 0 or after_seq == 0
+    messages, has_more = await stores.messages.range(
+        conversation_id, after_seq=after_seq, before_seq=before_seq, limit=limit, newest_first=newest_first
+    )
+    return (messages[::-1] if newest_first else messages), has_more
+
+
+async def members_joined(stores: Stores, group_id: str, members: list[str]) -> None:
+    """New members start with nothing unread: their read position is the current seq."""
+    conversation_id = group_conversation(group_id)
+    latest = (await stores.sequences.latest_seqs([conversation_id]))[conversation_id]
+    for uid in members:
+        await stores.reads.join(uid, conversation_id, latest)

@@ -1,0 +1,297 @@
+"""Dispatch: what happens to a client request once the access node has authenticated it.
+
+Transport-agnostic: the access node (all-in-one) or a dispatch link (cluster mode) hands in
+(uid, request type, decoded body) and gets back the response type and message. Pushes leave
+through a `Pusher`, which either writes to local connections or forwards to access nodes.
+
+Guarantees and where they come from:
+- seq strictly increasing per conversation (S11, S12): `SequenceStore.next_seq`, taken and
+  used under a per-conversation lock so pushes leave in seq order from this node.
+- no loss (S15): the message is persisted and written into every receiver's offline queue
+  *before* the sender is acked and before the push; the queue entry goes only on PUSH_ACK.
+- idempotent send (S12): (sender, message_id) claimed in the de-dup store; a re-send gets
+  the original ack with code DUPLICATE and is not delivered again.
+- pull notification (S11): a receiver with more than `notify_threshold` pending messages in
+  the conversation gets PULL_NOTIFY instead of the message.
+- unread (S14) is derived (latest seq - read seq); a sender's own send moves its read
+  position, so the derivation stays exact.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from google.protobuf.message import Message as ProtoMessage
+
+from im_runtime import metrics
+from im_runtime.idgen import IdGenerator
+from im_runtime.proto import imstack_pb2 as pb
+from im_runtime.protocol.frame import encode_frame, encode_message
+from im_runtime.dispatch.queries import history, membership, refusal
+from im_runtime.protocol.types import ErrorCode, RequestType, group_conversation, single_conversation
+from im_runtime.route.tokens import valid_uid
+from im_runtime.storage.interfaces import ClaimState, Stores
+
+log = logging.getLogger(__name__)
+
+NOTIFY_THRESHOLD = 5
+MAX_PULL_LIMIT = 500
+DEFAULT_PULL_LIMIT = 100
+MAX_ID_BATCH = 1000
+DEFAULT_ID_BATCH = 100
+MAX_READ_STATES = 500
+
+
+class Pusher(Protocol):
+    """Delivers one already-encoded frame (server sequence 0) to every connection of uids."""
+
+    async def deliver(self, uids: list[str], frame: bytes) -> None: ...
+
+
+Response = tuple[int, ProtoMessage | None]
+
+
+def error(code: ErrorCode, message: str) -> Response:
+    return RequestType.ERROR, pb.Error(code=int(code), message=message)
+
+
+class _ConversationLocks:
+    """asyncio locks per conversation, dropped when nobody holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def acquire(self, key: str) -> "_Held":
+        return _Held(self, key)
+
+
+class _Held:
+    __slots__ = ("_owner", "_key", "_lock")
+
+    def __init__(self, owner: _ConversationLocks, key: str) -> None:
+        self._owner = owner
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        locks = self._owner._locks
+        lock, users = locks.get(self._key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        locks[self._key] = (lock, users + 1)
+        self._lock = lock
+        await lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        locks = self._owner._locks
+        lock, users = locks[self._key]
+        if users <= 1:
+            del locks[self._key]
+        else:
+            locks[self._key] = (lock, users - 1)
+
+
+class DispatchService:
+    def __init__(
+        self,
+        stores: Stores,
+        ids: IdGenerator,
+        pusher: Pusher,
+        *,
+        notify_threshold: int = NOTIFY_THRESHOLD,
+        max_content: int = 60_000,
+    ) -> None:
+        self.stores = stores
+        self.ids = ids
+        self.pusher = pusher
+        self.notify_threshold = notify_threshold
+        self.max_content = max_content
+        self._locks = _ConversationLocks()
+        self._handlers = {
+            RequestType.SEND_REQ: self._send,
+            RequestType.PUSH_ACK: self._push_ack,
+            RequestType.PULL_OFFLINE_REQ: self._pull_offline,
+            RequestType.PULL_HISTORY_REQ: self._pull_history,
+            RequestType.READ_REPORT: self._read_report,
+            RequestType.READ_STATUS_REQ: self._read_status,
+            RequestType.UNREAD_REQ: self._unread,
+            RequestType.ID_BATCH_REQ: self._id_batch,
+        }
+
+    async def handle(self, uid: str, request_type: int, message: ProtoMessage | None) -> Response | None:
+        """The response to one request, or None when the request has none (PUSH_ACK)."""
+        handler = self._handlers.get(request_type)
+        if handler is None:
+            return error(ErrorCode.NOT_FOUND, f"unknown request type {request_type}")
+        try:
+            return await handler(uid, message)
+        except Exception:
+            log.exception("request failed", extra={"uid": uid, "request_type": request_type})
+            return error(ErrorCode.UNAVAILABLE, "temporarily unavailable, retry")
+
+    # ---- send ---------------------------------------------------------------------------
+
+    async def _send(self, uid: str, req: pb.SendRequest) -> Response:
+        started = time.perf_counter()
+
+        def refuse(code: ErrorCode, text: str) -> Response:
+            return RequestType.SEND_ACK, pb.SendAck(code=int(code), message=text, message_id=req.message_id)
+
+        if req.message_id <= 0:
+            return refuse(ErrorCode.BAD_BODY, "message_id must be a positive id from ID_BATCH_REQ")
+        if len(req.content) > self.max_content:
+            return refuse(ErrorCode.FRAME_TOO_LARGE, f"content over {self.max_content} bytes")
+        if req.type == pb.SINGLE:
+            if not valid_uid(req.to):
+                return refuse(ErrorCode.BAD_BODY, "to must be a valid uid")
+            conversation_id = single_conversation(uid, req.to)
+            recipients = [req.to]
+        elif req.type == pb.GROUP:
+            if not req.to:
+                return refuse(ErrorCode.BAD_BODY, "to must be a group id")
+            members = await self.stores.groups.members(req.to)
+            if members is None:
+                return refuse(ErrorCode.NOT_FOUND, f"unknown group {req.to}")
+            if uid not in members:
+                return refuse(ErrorCode.FORBIDDEN, "not a member of the group")
+            conversation_id = group_conversation(req.to)
+            recipients = [m for m in members if m != uid]
+        else:
+            return refuse(ErrorCode.BAD_BODY, "type must be SINGLE or GROUP")
+
+        stores = self.stores
+        claim = await stores.dedup.claim(uid, req.message_id)
+        if claim.state is ClaimState.DONE:
+            metrics.DUPLICATES.inc()
+            ack = pb.SendAck()
+            ack.CopyFrom(claim.ack)
+            ack.code = ErrorCode.DUPLICATE
+            ack.message = "duplicate: already accepted"
+            return RequestType.SEND_ACK, ack
+        if claim.state is ClaimState.PENDING:
+            return refuse(ErrorCode.UNAVAILABLE, "the same message is being sent; retry")
+        try:
+            async with self._locks.acquire(conversation_id):
+                seq = await stores.sequences.next_seq(conversation_id)
+                message = pb.Message(
+                    message_id=req.message_id,
+                    conversation_id=conversation_id,
+                    seq=seq,
+                    type=req.type,
+                    to=req.to,
+                    content_type=req.content_type,
+                    content=req.content,
+                    server_time=int(time.time() * 1000),
+                )
+                setattr(message, "from", uid)
+                await stores.messages.save(message)  # S11: persisted before the ack
+                await stores.reads.advance(uid, conversation_id, seq)
+                await self._fan_out(message, recipients)
+            ack = pb.SendAck(
+                code=0,
+                message_id=req.message_id,
+                conversation_id=conversation_id,
+                seq=seq,
+                server_time=message.server_time,
+            )
+            await stores.dedup.complete(uid, req.message_id, ack)
+        except Exception:
+            await stores.dedup.release(uid, req.message_id)
+            raise
+        metrics.MESSAGES_IN.labels("group" if req.type == pb.GROUP else "single").inc()
+        metrics.SEND_LATENCY.observe(time.perf_counter() - started)
+        return RequestType.SEND_ACK, ack
+
+    async def _fan_out(self, message: pb.Message, recipients: list[str]) -> None:
+        """Write diffusion (S10): every receiver's queue first, then one push or notify each."""
+        stores = self.stores
+        conversation_id = message.conversation_id
+        push_to: list[str] = []
+        for uid in recipients:
+            pending = await stores.offline.add(uid, message)
+            await stores.reads.join(uid, conversation_id)
+            if pending > self.notify_threshold:
+                notify = pb.PullNotify(conversation_id=conversation_id, latest_seq=message.seq, pending=pending)
+                await self.pusher.deliver([uid], encode_message(RequestType.PULL_NOTIFY, 0, notify))
+                metrics.PULL_NOTIFIES.inc()
+            else:
+                push_to.append(uid)
+        if push_to:
+            await self.pusher.deliver(push_to, encode_frame(RequestType.PUSH, 0, message.SerializeToString()))
+            metrics.MESSAGES_OUT.inc(len(push_to))
+
+    # ---- offline, history ---------------------------------------------------------------
+
+    async def _push_ack(self, uid: str, req: pb.PushAck) -> None:
+        removed = await self.stores.offline.ack(uid, req.message_ids)
+        metrics.ACKS.inc(removed)
+        return None
+
+    async def _pull_offline(self, uid: str, req: pb.PullOfflineRequest) -> Response:
+        if req.limit < 0 or req.cursor < 0:
+            return error(ErrorCode.BAD_BODY, "cursor and limit must not be negative")
+        limit = min(req.limit or DEFAULT_PULL_LIMIT, MAX_PULL_LIMIT)
+        messages, has_more, next_cursor = await self.stores.offline.pull(uid, req.cursor, limit)
+        return RequestType.PULL_OFFLINE_RESP, pb.PullOfflineResponse(
+            messages=messages, has_more=has_more, next_cursor=next_cursor
+        )
+
+    async def _pull_history(self, uid: str, req: pb.PullHistoryRequest) -> Response:
+        verdict = await membership(self.stores, uid, req.conversation_id)
+        if verdict is not ErrorCode.OK:
+            return error(verdict, refusal(verdict, req.conversation_id))
+        if req.limit < 0:
+            return error(ErrorCode.BAD_BODY, "limit must not be negative")
+        messages, has_more = await history(
+            self.stores, req.conversation_id, after_seq=req.after_seq, before_seq=req.before_seq, limit=req.limit
+        )
+        return RequestType.PULL_HISTORY_RESP, pb.PullHistoryResponse(messages=messages, has_more=has_more)
+
+    # ---- read state ---------------------------------------------------------------------
+
+    async def _read_report(self, uid: str, req: pb.ReadReport) -> Response:
+        verdict = await membership(self.stores, uid, req.conversation_id)
+        if verdict is not ErrorCode.OK:
+            return error(verdict, refusal(verdict, req.conversation_id))
+        latest = (await self.stores.sequences.latest_seqs([req.conversation_id]))[req.conversation_id]
+        await self.stores.reads.advance(uid, req.conversation_id, min(req.seq, latest))
+        return RequestType.READ_REPORT_ACK, None
+
+    async def _read_status(self, uid: str, req: pb.ReadStatusRequest) -> Response:
+        """Read state of the caller's own messages after after_seq (S13: pulled, not pushed)."""
+        verdict = await membership(self.stores, uid, req.conversation_id)
+        if verdict is not ErrorCode.OK:
+            return error(verdict, refusal(verdict, req.conversation_id))
+        messages, _ = await self.stores.messages.range(
+            req.conversation_id, after_seq=req.after_seq, limit=MAX_READ_STATES * 4
+        )
+        positions = await self.stores.reads.positions(req.conversation_id)
+        states = []
+        for message in messages:
+            if getattr(message, "from") != uid:
+                continue
+            read_by = sorted(u for u, seq in positions.items() if seq >= message.seq and u != uid)
+            states.append(
+                pb.ReadState(message_id=message.message_id, seq=message.seq, read_count=len(read_by), read_by=read_by)
+            )
+            if len(states) >= MAX_READ_STATES:
+                break
+        return RequestType.READ_STATUS_RESP, pb.ReadStatusResponse(states=states)
+
+    async def _unread(self, uid: str, _req: None) -> Response:
+        positions = await self.stores.reads.conversations(uid)
+        latest = await self.stores.sequences.latest_seqs(positions)
+        counts = [
+            pb.UnreadCount(conversation_id=conv, count=latest[conv] - read)
+            for conv, read in sorted(positions.items())
+            if latest.get(conv, 0) > read
+        ]
+        return RequestType.UNREAD_RESP, pb.UnreadResponse(total=sum(c.count for c in counts), conversations=counts)
+
+    async def _id_batch(self, uid: str, req: pb.IdBatchRequest) -> Response:
+        if req.count < 0:
+            return error(ErrorCode.BAD_BODY, "count must not be negative")
+        count = min(req.count or DEFAULT_ID_BATCH, MAX_ID_BATCH)
+        return RequestType.ID_BATCH_RESP, pb.IdBatchResponse(ids=await self.ids.next_ids(count))
