@@ -300,6 +300,8 @@ export class ImClient extends EventTarget {
       : backoffDelay(this._reconnectAttempt, this.opts.reconnectBaseMs, this.opts.reconnectMaxMs, this.random);
     this._reconnectAttempt += 1;
     this.nextReconnectMs = delay;
+    this.nextReconnectAt = Date.now() + delay;
+    this._emit("reconnecting", { inMs: delay, attempt: this._reconnectAttempt });
     this._reconnectTimer = setTimeout(() => this._connect(), delay);
   }
 

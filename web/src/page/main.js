@@ -128,15 +128,22 @@ const STATUS_TEXT = {
   [Status.CLOSED]: "Offline",
 };
 
+let countdown = null;
+
 function renderStatus(status) {
   const el = $("status");
   el.className = `status status-${status}`;
   el.dataset.status = status;
-  let text = STATUS_TEXT[status] || status;
-  if (status === Status.RECONNECTING && model.client && model.client.nextReconnectMs) {
-    text = `Reconnecting in ${Math.max(1, Math.round(model.client.nextReconnectMs / 1000))} s…`;
-  }
-  $("status-text").textContent = text;
+  clearInterval(countdown);
+  countdown = null;
+  const text = () => {
+    const at = model.client && model.client.nextReconnectAt;
+    if (status !== Status.RECONNECTING || !at) return STATUS_TEXT[status] || status;
+    const left = Math.ceil((at - Date.now()) / 1000);
+    return left > 0 ? `Reconnecting in ${left} s…` : "Reconnecting…";
+  };
+  $("status-text").textContent = text();
+  if (status === Status.RECONNECTING) countdown = setInterval(() => ($("status-text").textContent = text()), 500);
 }
 
 function initials(name) {
@@ -278,10 +285,28 @@ function render() {
 
 // ------------------------------------------------------------------ actions
 
+/** After each (re)connect: fill in previews of remembered conversations (newest message). */
+let previewsLoaded = false;
+function onOnline() {
+  if (previewsLoaded) return;
+  previewsLoaded = true;
+  for (const conv of [...model.convs.values()].slice(0, 30)) {
+    if (conv.messages.size || conv.id === model.active) continue;
+    model.client
+      .history(conv.id, { limit: 1 })
+      .then((page) => {
+        for (const m of page.messages) upsertMessage(m);
+        renderConversations();
+      })
+      .catch(() => {});
+  }
+}
+
 async function openConversation(convId) {
   const conv = conversation(convId);
   if (model.active && model.active !== convId) model.client.unwatchReadStatus(model.active);
   model.active = convId;
+  sessionStorage.setItem(`imstack.active.${model.me}`, convId);
   render();
   renderMessages({ keepBottom: true });
   $("composer-input").focus();
@@ -496,6 +521,10 @@ function startSession(uid, token) {
     renderStatus(ev.detail.status);
     if (ev.detail.status === Status.UNAUTHORIZED) signOut(`The token for ${uid} was refused; sign in again.`);
   });
+  client.addEventListener("reconnecting", () => renderStatus(client.status));
+  client.addEventListener("status", (ev) => {
+    if (ev.detail.status === Status.ONLINE) onOnline();
+  });
   client.addEventListener("message", onIncoming);
   client.addEventListener("unread", onUnread);
   client.addEventListener("readstatus", (ev) => applyReadStates(ev.detail.conversation_id, ev.detail.states));
@@ -503,8 +532,11 @@ function startSession(uid, token) {
   $("chat-view").hidden = false;
   $("whoami").hidden = false;
   $("whoami-uid").textContent = uid;
+  previewsLoaded = false;
   render();
   client.start().catch(() => {});
+  const active = sessionStorage.getItem(`imstack.active.${uid}`);
+  if (active && model.convs.has(active)) openConversation(active);
 }
 
 function signOut(reason) {
