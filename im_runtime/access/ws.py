@@ -12,11 +12,16 @@ Two layers, like the TCP gateway:
 
 Per-message deflate is off unless asked for: its zlib contexts cost far more memory per
 connection than the rest of the connection together.
+
+Close codes: 1003 for text, 1007 after ERROR BAD_FRAME (a message that is not one whole
+frame), 1009 after ERROR FRAME_TOO_LARGE, 1000 otherwise (idle, KICK, normal end).
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import ssl as ssl_module
 from collections.abc import Sequence
 
 from websockets.datastructures import Headers
@@ -27,8 +32,12 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from im_runtime.protocol.frame import HEADER, Frame, FrameError, error_frame
+from im_runtime.access.node import AccessNode
+from im_runtime.access.session import GatewayConnection
+from im_runtime.protocol.frame import Frame, FrameError, error_frame
 from im_runtime.protocol.types import DEFAULT_MAX_BODY, HEAD_LENGTH, ErrorCode
+
+log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 
@@ -40,28 +49,13 @@ CLOSE_INVALID_DATA = 1007  # a binary message that is not one whole protocol fra
 CLOSE_POLICY = 1008  # unauthenticated, idle, kicked
 CLOSE_TOO_BIG = 1009
 
+# How long a closing connection may take to answer our close frame before the socket is cut.
+CLOSE_TIMEOUT = 3.0
+
 # websockets logs every open/close at INFO; at 10,000 connections that is noise, and our
 # own structured lines say what matters.
 _WIRE_LOG = logging.getLogger("imstack.access.ws.wire")
 _WIRE_LOG.setLevel(logging.WARNING)
-
-
-def frame_from_message(message: bytes, max_body: int) -> Frame | FrameError:
-    """One WebSocket message must hold exactly one protocol frame (PROTOCOL.md "Framing")."""
-    if len(message) < HEAD_LENGTH:
-        return FrameError(ErrorCode.BAD_FRAME, f"message of {len(message)} bytes is shorter than a header", True)
-    head_length, version, request_type, sequence, body_length = HEADER.unpack_from(message, 0)
-    if head_length != HEAD_LENGTH:
-        return FrameError(ErrorCode.BAD_FRAME, f"head_length must be 20, got {head_length}", True)
-    if body_length > max_body:
-        return FrameError(ErrorCode.FRAME_TOO_LARGE, f"body_length {body_length} exceeds limit {max_body}", True)
-    if len(message) != HEAD_LENGTH + body_length:
-        return FrameError(
-            ErrorCode.BAD_FRAME,
-            f"message holds {len(message) - HEAD_LENGTH} body bytes, header says {body_length}",
-            True,
-        )
-    return Frame(version, request_type, sequence, message[HEAD_LENGTH:])
 
 
 @functools.lru_cache(maxsize=8)
@@ -179,7 +173,7 @@ class WsFraming:
             if last_message is not None:
                 ws.send_binary(last_message)
             ws.send_close(code, reason)
-        elif ws.state is State.CONNECTING:
+        elif ws.state is State.CONNECTING and not ws.eof_sent:
             ws.send_eof()
 
     def data_to_send(self) -> list[bytes]:
@@ -193,3 +187,171 @@ class WsFraming:
             at = len(writes) - (2 if writes[-1] == b"" else 1)
             writes.insert(max(at, 0), WsFrame(Opcode.BINARY, err).serialize(mask=False, extensions=[]))
         return writes
+
+
+_CLOSE_FOR_ERROR = {ErrorCode.BAD_FRAME: CLOSE_INVALID_DATA, ErrorCode.FRAME_TOO_LARGE: CLOSE_TOO_BIG}
+
+
+class WsConnection(GatewayConnection, asyncio.Protocol):
+    """One WebSocket client: WsFraming for the WebSocket layer, the shared core behind it.
+
+    No task and no timer while idle (the node's sweeper enforces the idle limit); a timer
+    exists only while a close handshake is under way.
+    """
+
+    kind = "ws"
+    __slots__ = ("transport", "framing", "_close_code", "_close_timer")
+
+    def __init__(self, node: AccessNode, *, max_body: int, origins: Sequence[str] | None, deflate: bool) -> None:
+        GatewayConnection.__init__(self, node, max_body=max_body)
+        self.transport: asyncio.Transport | None = None
+        self.framing = WsFraming(max_body=max_body, origins=origins, deflate=deflate)
+        self._close_code = CLOSE_NORMAL
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.opened():
+            transport.close()
+            self.core.close()
+
+    def data_received(self, data: bytes) -> None:
+        framing = self.framing
+        messages = framing.receive_data(data)
+        events: list[Frame | FrameError] = []
+        receive_message = self.core.receive_message
+        for message in messages:
+            events += receive_message(message)
+        for event in events:
+            if isinstance(event, FrameError) and event.fatal:
+                self._close_code = _CLOSE_FOR_ERROR.get(event.code, CLOSE_INVALID_DATA)
+        self._flush()  # handshake answer, pongs, close frames
+        if events:
+            self.received(events)
+        if framing.closing:
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self.conn_id:
+            self.lost()
+        self.transport = None
+
+    # GatewayConnection hooks
+    def _write(self, data: bytes) -> None:
+        if self.framing.send_message(data):
+            self._flush()
+
+    def _write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def _close_transport(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._write_buffer_size() > self.node.max_write_buffer:
+            transport.abort()  # a slow reader gets no more bytes
+            return
+        self.framing.close(self._close_code)  # after what is queued (KICK, the last ERROR)
+        self._flush()
+        if self.transport is not None and self._close_timer is None:
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _pause_reading(self, pause: bool) -> None:
+        if self.transport is not None:
+            (self.transport.pause_reading if pause else self.transport.resume_reading)()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for chunk in self.framing.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:  # websockets' end-of-stream marker: the server closes the TCP connection
+                transport.close()
+                return
+
+    def _abort(self) -> None:
+        self._close_timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class WsGateway:
+    """The WebSocket gateway of an access node: `ws://host:port/ws` (wss with `ssl`).
+
+    Mirrors TcpGateway: start(), close(), stop_accepting(), port, connection_count.
+    `origins` is the browser Origin allow-list (None: any); `deflate` turns on
+    per-message deflate (off by default: memory per connection).
+    """
+
+    kind = "ws"
+
+    def __init__(
+        self,
+        node: AccessNode,
+        host: str,
+        port: int,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        origins: Sequence[str] | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        deflate: bool = False,
+        backlog: int = 4096,
+    ) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl
+        self.origins = tuple(origins) if origins else None
+        self.max_body = max_body
+        self.deflate = deflate
+        self.backlog = backlog
+        self._server: asyncio.base_events.Server | None = None
+
+    def _connection(self) -> WsConnection:
+        return WsConnection(self.node, max_body=self.max_body, origins=self.origins, deflate=self.deflate)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._connection,
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            backlog=self.backlog,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "ws gateway listening",
+            extra={
+                "host": self.host,
+                "port": self.port,
+                "path": WS_PATH,
+                "tls": self.ssl_context is not None,
+                "origins": list(self.origins or ()),
+                "deflate": self.deflate,
+            },
+        )
+
+    @property
+    def connection_count(self) -> int:
+        return self.node.count(self.kind)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        await self.stop_accepting()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None

@@ -42,5 +42,5 @@ def test_static_page_is_packaged():
     for name in ("index.html", "app.js", "style.css"):
         assert (static / name).is_file(), name
     html = (static / "index.html").read_text()
-    assert 'src="app.js"' in html
+    assert 'src="static/app.js"' in html and 'href="static/style.css"' in html
     assert 'src="http' not in html and 'href="http' not in html and "//cdn" not in html, "no CDN at run time"

@@ -14,9 +14,9 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.protocol.frame import Frame, FrameError, encode_frame
+from im_runtime.protocol.frame import encode_frame
 from im_runtime.protocol.types import ErrorCode, RequestType
-from im_runtime.access.ws import CLOSE_UNSUPPORTED_DATA, WsFraming, frame_from_message
+from im_runtime.access.ws import CLOSE_UNSUPPORTED_DATA, WsFraming
 
 
 def _pump(client: ClientProtocol, server: WsFraming) -> list[bytes]:
@@ -140,19 +140,3 @@ def test_oversized_message_gets_frame_too_large_then_close_1009():
     err = pb.Error.FromString(bytes(frames[0].data[20:]))
     assert err.code == ErrorCode.FRAME_TOO_LARGE
     assert struct.unpack("!H", frames[1].data[:2])[0] == 1009
-
-
-def test_frame_from_message_rules():
-    ok = encode_frame(RequestType.AUTH_REQ, 1, b"abc")
-    frame = frame_from_message(ok, 100)
-    assert isinstance(frame, Frame) and frame.body == b"abc" and frame.sequence == 1
-    short = frame_from_message(ok[:10], 100)
-    assert isinstance(short, FrameError) and short.code == ErrorCode.BAD_FRAME and short.fatal
-    trailing = frame_from_message(ok + b"\x00", 100)
-    assert isinstance(trailing, FrameError) and trailing.code == ErrorCode.BAD_FRAME
-    two = frame_from_message(ok + ok, 100)
-    assert isinstance(two, FrameError) and two.code == ErrorCode.BAD_FRAME
-    bad_head = frame_from_message(struct.pack(">IIIII", 21, 1, 1, 1, 0), 100)
-    assert isinstance(bad_head, FrameError) and bad_head.code == ErrorCode.BAD_FRAME
-    too_big = frame_from_message(struct.pack(">IIIII", 20, 1, 1, 1, 101) + b"z" * 101, 100)
-    assert isinstance(too_big, FrameError) and too_big.code == ErrorCode.FRAME_TOO_LARGE
