@@ -103,7 +103,7 @@ class GatewayConnection:
             self.close()
             return
         self._write(data)
-        metrics.FRAMES_OUT.labels(self.kind).inc()
+        metrics.frames_out(self.kind).inc()
 
     def kick(self, code: int, message: str, host: str = "", port: int = 0, *, reason: str = "kick") -> None:
         if self.core.state is ConnState.CLOSED:
@@ -119,7 +119,7 @@ class GatewayConnection:
         if not events:
             return
         self.last_seen = asyncio.get_running_loop().time()
-        metrics.FRAMES_IN.labels(self.kind).inc(len(events))
+        metrics.frames_in(self.kind).inc(len(events))
         inbox = self._inbox
         if inbox is None:
             inbox = self._inbox = deque()

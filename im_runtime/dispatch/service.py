@@ -200,7 +200,7 @@ class DispatchService:
         except Exception:
             await stores.dedup.release(uid, req.message_id)
             raise
-        metrics.MESSAGES_IN.labels("group" if req.type == pb.GROUP else "single").inc()
+        metrics.messages_in("group" if req.type == pb.GROUP else "single").inc()
         metrics.SEND_LATENCY.observe(time.perf_counter() - started)
         return RequestType.SEND_ACK, ack
 
