@@ -78,10 +78,13 @@ def test_image_installs_console_script_and_loads_compiled_deps(docker, images, n
     wheelhouse load on the image's Python and glibc (a wrong platform tag fails here)."""
     script = ENTRYPOINT[name][0]
     target = "im_operator.main:main" if name == "operator" else "im_runtime.cli:main"
-    mods = BINARY_DEPS["operator" if name == "operator" else "runtime"]
+    mods = [*BINARY_DEPS["operator" if name == "operator" else "runtime"], target.split(":")[0]]
     code = (f"import importlib, importlib.metadata as m, shutil; "
             f"[importlib.import_module(x) for x in {mods!r}]; "
             f"print([e.value for e in m.entry_points(group='console_scripts') if e.name == {script!r}], "
             f"shutil.which({script!r}))")
     out = run([docker, "run", "--rm", "--network", "none", "--entrypoint", "python3", images[name], "-c", code]).stdout
     assert out.strip() == f"['{target}'] /opt/imstack/bin/{script}", out
+    if name == "operator":
+        help_text = run([docker, "run", "--rm", "--network", "none", images[name], "--help"]).stdout
+        assert "--namespace" in help_text and "--liveness" in help_text, help_text
