@@ -84,6 +84,13 @@ def test_operator_image_reconciles_with_the_charts_rbac(docker, images, cluster,
                 break
             assert time.monotonic() < deadline, f"children not created:\n{out[-3000:]}"
             time.sleep(1)
+        # The workloads run the images `make images` builds, as kind has them (never pulled).
+        for component, image in (("access", "access"), ("ws-access", "access"), ("dispatch", "dispatch"),
+                                 ("route", "route")):
+            dep = api.request("GET", f"/apis/apps/v1/namespaces/{NS}/deployments/im-demo-{component}").body
+            (container,) = [c for c in dep["spec"]["template"]["spec"]["containers"]]
+            assert container["image"] == images[image], (component, container["image"])
+            assert container["imagePullPolicy"] == "Never"
         imc = api.request("GET", f"/apis/imstack.io/v1alpha1/namespaces/{NS}/imclusters/im-demo").body
         conditions = {c["type"]: c for c in imc.get("status", {}).get("conditions", [])}
         assert conditions.get("Degraded", {}).get("status") == "False", conditions
