@@ -15,6 +15,7 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 
 from tests.servers.kube import free_port, start_control_plane
 
@@ -96,6 +97,12 @@ def test_operator_image_reconciles_with_the_charts_rbac(docker, images, cluster,
         assert conditions.get("Degraded", {}).get("status") == "False", conditions
         with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5) as resp:
             assert resp.status == 200  # kopf's liveness endpoint, as the chart's probe sees it
+        # The chart's memory limit leaves room for what the operator really uses.
+        usage = run([docker, "stats", "--no-stream", "--format", "{{.MemUsage}}", name]).stdout.split("/")[0].strip()
+        used_mib = float(usage[:-3]) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[usage[-3:]]
+        limit_mib = int(yaml.safe_load((CHART / "values.yaml").read_text())["operator"]["resources"]["limits"]["memory"][:-2])
+        print(f"operator memory: {used_mib:.0f} MiB of the chart's {limit_mib} MiB limit")
+        assert used_mib < 0.75 * limit_mib, f"{used_mib:.0f} MiB used, limit {limit_mib} MiB"
         out = run([docker, "logs", name], check=False)
         text = out.stdout + out.stderr
         assert "Forbidden" not in text and " 403" not in text, text[-3000:]
