@@ -20,7 +20,7 @@ from typing import Iterable
 
 from bson import Binary
 from prometheus_client import Counter
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
@@ -30,8 +30,9 @@ from im_runtime.storage.redis_store import RedisGroupCache
 
 _MAX_ID = 2**63 - 1
 
-MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message documents written (batched)")
-MESSAGE_BATCHES = Counter("imstack_mongo_message_batches_total", "insert_many batches of message documents")
+MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message saves that completed (duplicates included)")
+INSERT_BATCHES = Counter("imstack_mongo_insert_batches_total", "insert_many batches written by InsertBatcher")
+INSERT_DOCS = Counter("imstack_mongo_insert_documents_total", "Documents in those batches")
 MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)")
 
 
@@ -44,6 +45,85 @@ async def ensure_indexes(db: AsyncDatabase) -> None:
     """Idempotent; run once at start by cluster_stores."""
     await db.messages.create_index([("c", ASCENDING), ("s", ASCENDING)], name="conv_seq", unique=True)
     await db.group_members.create_index([("g", ASCENDING)], name="group")
+
+
+class InsertBatcher:
+    """Coalesces concurrent inserts into one collection: callers queue a document and one
+    flusher writes everything queued with one unordered insert_many (one round trip and, on
+    FerretDB's SQLite, one transaction and one fsync per batch, where single inserts pay one
+    each), so batches grow with the load while a lone insert still costs one round trip.
+    Each caller gets its own outcome: None, or DuplicateKeyError / the write error."""
+
+    def __init__(self, collection: AsyncCollection, *, max_batch: int = 500, max_in_flight: int = 2) -> None:
+        self._c = collection
+        self._queue: list[tuple[dict, asyncio.Future]] = []
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._flushers: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+
+    async def insert(self, doc: dict) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((doc, future))
+        if self._in_flight < self._max_in_flight:
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                failed: dict[int, Exception] = {}
+                INSERT_BATCHES.inc()
+                INSERT_DOCS.inc(len(batch))
+                try:
+                    await self._c.insert_many([doc for doc, _ in batch], ordered=False)
+                except BulkWriteError as exc:
+                    for error in exc.details.get("writeErrors", []):
+                        message, code = error.get("errmsg", "write error"), error.get("code")
+                        failed[error["index"]] = (DuplicateKeyError if code == 11000 else OperationFailure)(message, code)
+                except Exception as exc:  # the whole batch failed (connection, timeout)
+                    failed = dict.fromkeys(range(len(batch)), exc)
+                for i, (_, future) in enumerate(batch):
+                    if future.done():
+                        continue
+                    if i in failed:
+                        future.set_exception(failed[i])
+                    else:
+                        future.set_result(None)
+        finally:
+            self._in_flight -= 1
+
+
+class _HeadHints:
+    """Background, batched `$max` upserts of Chain heads. A head is only a hint, so callers do
+    not wait for it; pending hints for one name collapse to the highest."""
+
+    def __init__(self, collection: AsyncCollection) -> None:
+        self._c = collection
+        self._pending: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+
+    def push(self, name: str, value: int) -> None:
+        if value > self._pending.get(name, -1):
+            self._pending[name] = value
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            ops = [UpdateOne({"_id": name}, {"$max": {"v": v}}, upsert=True) for name, v in batch.items()]
+            try:
+                await self._c.bulk_write(ops, ordered=False)
+            except (BulkWriteError, DuplicateKeyError):
+                pass  # two nodes upserting one new head: the other one's value stands
+            except Exception:  # noqa: BLE001 - a lost hint only lengthens the next walk
+                pass
 
 
 class Chain:
@@ -61,7 +141,9 @@ class Chain:
 
     def __init__(self, collection: AsyncCollection, *, initial: int) -> None:
         self._c = collection
-        self._initial = initial
+        self.initial = initial
+        self._links = InsertBatcher(collection)
+        self._heads = _HeadHints(collection)
 
     @staticmethod
     def _link(name: str, value: int) -> str:
@@ -69,7 +151,7 @@ class Chain:
 
     async def current(self, name: str) -> int:
         head = await self._c.find_one({"_id": name}, {"v": 1})
-        value = int(head["v"]) if head else self._initial
+        value = int(head["v"]) if head else self.initial
         for _ in range(10_000):  # bounded walk; the head lags by a few links at most
             link = await self._c.find_one({"_id": self._link(name, value)}, {"v": 1})
             if link is None:
@@ -77,10 +159,12 @@ class Chain:
             value = int(link["v"])
         raise RuntimeError(f"chain {name!r} did not end within 10000 links")
 
-    async def advance(self, name: str, step) -> tuple[int, int]:
+    async def advance(self, name: str, step, *, known: int | None = None) -> tuple[int, int]:
         """Moves the counter from its current value to step(current) (> current); returns
-        (from, to). If step returns None (nothing to do), returns (current, current)."""
-        value = await self.current(name)
+        (from, to). If step returns None (nothing to do), returns (current, current).
+        `known`: a value the caller just read (saves the walk; if stale, the insert collides
+        and the chain is followed from there)."""
+        value = await self.current(name) if known is None else known
         for _attempt in range(1000):
             target = step(value)
             if target is None:
@@ -88,34 +172,22 @@ class Chain:
             if target <= value:
                 raise ValueError("a chain only moves forward")
             try:
-                await self._c.insert_one({"_id": self._link(name, value), "v": int(target)})
-            except DuplicateKeyError:  # another node moved on from `value` first: follow it
-                link = await self._c.find_one({"_id": self._link(name, value)}, {"v": 1})
-                if link is not None:
-                    value = int(link["v"])
+                await self._links.insert({"_id": self._link(name, value), "v": int(target)})
+            except DuplicateKeyError:  # another node moved on from `value` first: find the end
+                value = await self.current(name)
                 continue
-            try:  # best-effort hint; a lagging or lost head only lengthens the next walk
-                await self._c.update_one({"_id": name}, {"$max": {"v": int(target)}}, upsert=True)
-            except DuplicateKeyError:
-                pass
+            self._heads.push(name, int(target))  # a lagging or lost head only lengthens the next walk
             return value, target
         raise RuntimeError(f"chain {name!r}: too much contention")
 
 
 class MongoMessageStore:
-    """Saves are coalesced: concurrent save() calls queue their documents and one flusher
-    writes everything queued with one unordered insert_many (one round trip and, on FerretDB's
-    SQLite, one transaction per batch), so the batch grows with the load while a lone save
-    still costs a single round trip. Each caller returns only after its document is stored
-    (S11: the sender is acked after persistence); a duplicate counts as stored."""
+    """Saves are coalesced (InsertBatcher): each caller returns only after its own document is
+    stored (S11: the sender is acked after persistence); a duplicate counts as stored."""
 
-    def __init__(self, db: AsyncDatabase, *, max_batch: int = 500, max_in_flight: int = 2) -> None:
+    def __init__(self, db: AsyncDatabase) -> None:
         self._c = db.messages
-        self._queue: list[tuple[dict, asyncio.Future]] = []
-        self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
-        self._in_flight = 0
-        self._flushers: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+        self._inserts = InsertBatcher(db.messages)
 
     async def save(self, message: pb.Message) -> None:
         doc = {
@@ -126,42 +198,14 @@ class MongoMessageStore:
             "t": int(message.server_time),
             "b": Binary(message.SerializeToString()),
         }
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((doc, future))
-        if self._in_flight < self._max_in_flight:
-            self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._flush())
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
-        await future
-
-    async def _flush(self) -> None:
         try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                failed: dict[int, Exception] = {}
-                MESSAGE_BATCHES.inc()
-                MESSAGES_SAVED.inc(len(batch))
-                try:
-                    await self._c.insert_many([doc for doc, _ in batch], ordered=False)
-                except BulkWriteError as exc:
-                    for error in exc.details.get("writeErrors", []):
-                        if error.get("code") != 11000:  # duplicates are idempotent successes
-                            failed[error["index"]] = OperationFailure(error.get("errmsg", "write error"), error.get("code"))
-                except Exception as exc:  # the whole batch failed (connection, timeout)
-                    failed = dict.fromkeys(range(len(batch)), exc)
-                if failed:
-                    MESSAGE_SAVE_ERRORS.inc(len(failed))
-                for i, (_, future) in enumerate(batch):
-                    if future.done():
-                        continue
-                    if i in failed:
-                        future.set_exception(failed[i])
-                    else:
-                        future.set_result(None)
-        finally:
-            self._in_flight -= 1
+            await self._inserts.insert(doc)
+        except DuplicateKeyError:
+            pass  # idempotent per (conversation_id, seq) and per message id
+        except Exception:
+            MESSAGE_SAVE_ERRORS.inc()
+            raise
+        MESSAGES_SAVED.inc()
 
     async def range(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False
@@ -198,6 +242,12 @@ class MongoSeqFloor:
     async def reserve(self, conversation_id: str, at_least: int) -> int:
         _, mark = await self._chain.advance(conversation_id, lambda cur: None if cur >= at_least else int(at_least))
         return mark
+
+    async def restart(self, conversation_id: str, block: int) -> tuple[int, int]:
+        """For a missing counter: reserves the next block after the durable mark, trying the
+        empty chain first (a new conversation then costs one insert and no reads). Returns
+        (mark before, mark after): every seq ever handed out is <= the mark before."""
+        return await self._chain.advance(conversation_id, lambda cur: cur + block, known=self._chain.initial)
 
     async def reserved(self, conversation_id: str) -> int:
         return await self._chain.current(conversation_id)

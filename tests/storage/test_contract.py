@@ -160,6 +160,15 @@ async def test_seq_concurrent_next_seq_from_two_nodes_is_exact(engine: Engine) -
     assert (await other.sequences.latest_seqs([conv]))[conv] == 400
 
 
+async def test_seq_new_conversations_started_by_several_nodes_at_once_start_at_one(engine: Engine) -> None:
+    nodes = [engine.stores] + [await engine.another() for _ in range(3)]
+    convs = [new_id("c") for _ in range(20)]
+    got = await asyncio.gather(*(node.sequences.next_seq(conv) for conv in convs for node in nodes for _ in range(3)))
+    for k, conv in enumerate(convs):
+        mine = got[k * 12 : (k + 1) * 12]
+        assert sorted(mine) == list(range(1, 13)), f"{conv}: {sorted(mine)}"
+
+
 async def test_seq_never_goes_backwards_when_the_fast_store_loses_everything(engine: Engine) -> None:
     stores = engine.stores
     conv = new_id("c")
@@ -499,3 +508,25 @@ async def test_redis_calls_share_few_connections_and_errors_stay_with_their_call
         await pipe.close()
         await client.aclose()
         await admin.aclose()
+
+
+async def test_seq_restart_waits_for_another_nodes_restart_and_takes_over_when_it_dies(cluster_servers) -> None:
+    import redis.asyncio as aioredis
+
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.redis_store import _key
+
+    stores = await cluster_stores(cluster_servers.redis.url, cluster_servers.mongo.url, "imstack_contract")
+    admin = aioredis.Redis.from_url(cluster_servers.redis.url)
+    try:
+        conv = new_id("c")
+        # a node took the restart lock for this new conversation and died before installing it
+        assert await admin.set(_key("seqr", conv), "1", nx=True, px=400)
+        started = time.monotonic()
+        assert await stores.sequences.next_seq(conv) == 1  # waited, took over, no gap
+        assert time.monotonic() - started >= 0.3
+        assert await admin.exists(_key("seqr", conv)) == 0  # released after the install
+        assert await stores.sequences.next_seq(conv) == 2
+    finally:
+        await admin.aclose()
+        await stores.close()
