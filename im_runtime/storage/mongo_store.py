@@ -117,7 +117,7 @@ class _HeadHints:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, {}
-            ops = [UpdateOne({"_id": name}, {"$max": {"v": v}}, upsert=True) for name, v in batch.items()]
+            ops = [UpdateOne({"_id": Chain.head(name)}, {"$max": {"v": v}}, upsert=True) for name, v in batch.items()]
             try:
                 await self._c.bulk_write(ops, ordered=False)
             except (BulkWriteError, DuplicateKeyError):
@@ -134,7 +134,7 @@ class Chain:
     could both read 10 and both be handed [10, 20). So every step is an *insert* whose `_id`
     names the value it starts from (f"{name}#{from:020d}"): the unique `_id` lets exactly one
     node move the counter on from a given value, the loser re-reads and retries. A head
-    document {_id: name, v} is only a hint of where the chain ends (walked forward from it with
+    document {_id: f"{name}#head", v} is only a hint of where the chain ends (walked forward from it with
     `_id` lookups), so it may lag without harm. Links are never deleted: a node that read an
     old value must still collide with the link that already moved on from it.
     """
@@ -145,12 +145,17 @@ class Chain:
         self._links = InsertBatcher(collection)
         self._heads = _HeadHints(collection)
 
+    # Ids end in a fixed-width suffix, so no name can spell another name's link or head.
     @staticmethod
     def _link(name: str, value: int) -> str:
         return f"{name}#{value:020d}"
 
+    @staticmethod
+    def head(name: str) -> str:
+        return f"{name}#head"
+
     async def current(self, name: str) -> int:
-        head = await self._c.find_one({"_id": name}, {"v": 1})
+        head = await self._c.find_one({"_id": self.head(name)}, {"v": 1})
         value = int(head["v"]) if head else self.initial
         for _ in range(10_000):  # bounded walk; the head lags by a few links at most
             link = await self._c.find_one({"_id": self._link(name, value)}, {"v": 1})
@@ -273,7 +278,7 @@ class MongoSegmentStore:
 
 class MongoGroupStore:
     """`groups` {_id: group} says a group exists; `group_members` holds one document per
-    membership, {_id: f"{group}|{uid}", g, u}. Adding is an insert and removing a delete of
+    membership, {_id: f"{len(group)}:{group}|{uid}", g, u}. Adding is an insert and removing a delete of
     that document, each atomic on its own, so concurrent changes from several nodes are exact
     and report exactly what they changed (no read-modify-write of a member array). Reads go
     through the Redis cache (RedisGroupCache), which every write invalidates."""
@@ -284,8 +289,12 @@ class MongoGroupStore:
         self._cache = cache
 
     @staticmethod
-    def _doc(group_id: str, uid: str) -> dict:
-        return {"_id": f"{group_id}|{uid}", "g": group_id, "u": uid}
+    def _id(group_id: str, uid: str) -> str:
+        # length-prefixed: no group/uid pair can spell another pair's id, whatever they contain
+        return f"{len(group_id)}:{group_id}|{uid}"
+
+    def _doc(self, group_id: str, uid: str) -> dict:
+        return {"_id": self._id(group_id, uid), "g": group_id, "u": uid}
 
     async def _insert(self, group_id: str, members: list[str]) -> list[str]:
         if not members:
@@ -322,7 +331,7 @@ class MongoGroupStore:
         if await self._groups.find_one({"_id": group_id}, {"_id": 1}) is None:
             return None
         members = list(dict.fromkeys(members))
-        results = await asyncio.gather(*(self._members.delete_one({"_id": f"{group_id}|{m}"}) for m in members))
+        results = await asyncio.gather(*(self._members.delete_one({"_id": self._id(group_id, m)}) for m in members))
         removed = [m for m, r in zip(members, results) if r.deleted_count]
         if removed:
             await self._cache.invalidate(group_id)

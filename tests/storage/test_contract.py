@@ -286,6 +286,26 @@ async def test_groups_create_add_remove(engine: Engine) -> None:
     assert await g.create(empty, ["a"]) is False
 
 
+async def test_ids_with_separator_characters_stay_apart(engine: Engine) -> None:
+    g, base = engine.stores.groups, new_id("g")
+    assert await g.create(f"{base}|x", ["y"]) is True
+    assert await g.create(base, ["x|y"]) is True
+    assert await g.members(f"{base}|x") == frozenset({"y"})
+    assert await g.remove_members(base, ["y"]) == []
+    assert await g.members(base) == frozenset({"x|y"})
+    s, uid, node = engine.stores.sessions, new_id("u|{odd}:"), new_id("node")
+    await s.bind(uid, f"{node}|a", 1, "d")
+    await s.bind(uid, node, 2, "d")
+    assert await s.lookup([uid]) == {uid: [node, f"{node}|a"]}
+    assert await s.drop_node(node) == 1
+    assert await s.lookup([uid]) == {uid: [f"{node}|a"]}
+    seg = engine.stores.segments
+    name = new_id("seg")
+    assert await seg.lease(name, 5) == (1, 6)
+    assert await seg.lease(f"{name}#head", 5) == (1, 6)  # a name that looks like a head id
+    assert await seg.lease(name, 5) == (6, 11)
+
+
 async def test_groups_concurrent_updates_from_two_nodes(engine: Engine) -> None:
     other = await engine.another()
     gid = new_id("g")
