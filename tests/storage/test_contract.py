@@ -550,3 +550,35 @@ async def test_seq_restart_waits_for_another_nodes_restart_and_takes_over_when_i
     finally:
         await admin.aclose()
         await stores.close()
+
+
+async def test_a_hung_redis_fails_calls_instead_of_hanging_them(cluster_servers, tmp_path) -> None:
+    import signal
+
+    from im_runtime.storage.cluster import cluster_stores
+    from tests.servers.redis import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    stores = await cluster_stores(server.url, cluster_servers.mongo.url, "imstack_contract", redis_reply_timeout_s=1)
+    try:
+        uid, conv = new_id("u"), new_id("c")
+        assert await stores.offline.add(uid, msg(conv, 1)) == 1
+        server.process.send_signal(signal.SIGSTOP)  # Redis stops answering, connections stay open
+        try:
+            started = time.monotonic()
+            with pytest.raises(ConnectionError, match="no reply"):
+                await asyncio.wait_for(stores.offline.backlog(uid), timeout=10)
+            assert time.monotonic() - started < 5
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert await stores.offline.backlog(uid) == 1
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline, "stores never recovered after Redis resumed"
+                await asyncio.sleep(0.05)
+    finally:
+        await stores.close()
+        server.stop()
