@@ -25,15 +25,16 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from im_runtime.metrics import REGISTRY
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.storage.redis_store import RedisGroupCache
 
 _MAX_ID = 2**63 - 1
 
-MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message saves that completed (duplicates included)")
-INSERT_BATCHES = Counter("imstack_mongo_insert_batches_total", "insert_many batches written by InsertBatcher")
-INSERT_DOCS = Counter("imstack_mongo_insert_documents_total", "Documents in those batches")
-MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)")
+MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message saves that completed (duplicates included)", registry=REGISTRY)
+INSERT_BATCHES = Counter("imstack_mongo_insert_batches_total", "insert_many batches written by InsertBatcher", registry=REGISTRY)
+INSERT_DOCS = Counter("imstack_mongo_insert_documents_total", "Documents in those batches", registry=REGISTRY)
+MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)", registry=REGISTRY)
 
 
 def message_key(conversation_id: str, message_id: int) -> str:

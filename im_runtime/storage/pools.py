@@ -22,14 +22,16 @@ from prometheus_client import Counter
 from pymongo import AsyncMongoClient
 from redis.exceptions import NoScriptError, ResponseError
 
+from im_runtime.metrics import REGISTRY
+
 
 # Batch-level metrics (cheap: one update per write, not per command). The ratio
 # commands/writes is the average pipeline depth.
-REDIS_COMMANDS = Counter("imstack_redis_pipeline_commands_total", "Commands sent on the pipelined Redis connections")
-REDIS_WRITES = Counter("imstack_redis_pipeline_writes_total", "Socket writes carrying those commands")
-REDIS_CONNECTS = Counter("imstack_redis_pipeline_connects_total", "Pipelined Redis connections opened")
-REDIS_LOST = Counter("imstack_redis_pipeline_connections_lost_total", "Pipelined Redis connections lost")
-REDIS_TIMEOUTS = Counter("imstack_redis_pipeline_timeouts_total", "Pipelined Redis connections closed for lack of replies")
+REDIS_COMMANDS = Counter("imstack_redis_pipeline_commands_total", "Commands sent on the pipelined Redis connections", registry=REGISTRY)
+REDIS_WRITES = Counter("imstack_redis_pipeline_writes_total", "Socket writes carrying those commands", registry=REGISTRY)
+REDIS_CONNECTS = Counter("imstack_redis_pipeline_connects_total", "Pipelined Redis connections opened", registry=REGISTRY)
+REDIS_LOST = Counter("imstack_redis_pipeline_connections_lost_total", "Pipelined Redis connections lost", registry=REGISTRY)
+REDIS_TIMEOUTS = Counter("imstack_redis_pipeline_timeouts_total", "Pipelined Redis connections closed for lack of replies", registry=REGISTRY)
 
 
 class EvictionPolicyError(RuntimeError):

@@ -497,8 +497,7 @@ async def test_redis_calls_share_few_connections_and_errors_stay_with_their_call
     import redis.asyncio as aioredis
     from redis.exceptions import ResponseError
 
-    from prometheus_client import REGISTRY
-
+    from im_runtime.metrics import REGISTRY
     from im_runtime.storage.pools import AutoPipeline, redis_client
 
     def metric(name: str) -> float:
