@@ -581,3 +581,30 @@ async def test_a_hung_redis_fails_calls_instead_of_hanging_them(cluster_servers,
     finally:
         await stores.close()
         server.stop()
+
+
+async def test_redis_url_with_password_and_database_is_honoured(cluster_servers, tmp_path) -> None:
+    import redis.asyncio as aioredis
+
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.redis_store import _key
+    from tests.servers.redis import start_redis
+
+    server = start_redis(tmp_path / "redis", extra_args=["--requirepass", "s3cret/pw"])
+    url = f"redis://:s3cret%2Fpw@127.0.0.1:{server.port}/3"
+    stores = await cluster_stores(url, cluster_servers.mongo.url, "imstack_contract")
+    admin = aioredis.Redis.from_url(url)
+    try:
+        conv, uid = new_id("c"), new_id("u")
+        assert await stores.sequences.next_seq(conv) == 1
+        assert await stores.offline.add(uid, msg(conv, 1)) == 1
+        assert await admin.exists(_key("seq", conv), _key("off", uid)) == 2  # in database 3
+        db0 = aioredis.Redis.from_url(f"redis://:s3cret%2Fpw@127.0.0.1:{server.port}/0")
+        try:
+            assert await db0.dbsize() == 0
+        finally:
+            await db0.aclose()
+    finally:
+        await admin.aclose()
+        await stores.close()
+        server.stop()
