@@ -342,7 +342,7 @@ class RedisDedupStore:
     def __init__(self, pipe: AutoPipeline, *, ttl_s: float = 24 * 3600, pending_ttl_s: float | None = None) -> None:
         self._p = pipe
         self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._pending_ttl_ms = max(1, int((pending_ttl_s if pending_ttl_s is not None else min(ttl_s, 120)) * 1000))
+        self._pending_ttl_ms = max(1, int((pending_ttl_s if pending_ttl_s is not None else min(ttl_s, 30)) * 1000))
         self._claim = pipe.client.register_script(_DEDUP_CLAIM)
 
     @staticmethod
