@@ -115,6 +115,31 @@ async def test_reconnect_shows_status_and_sends_what_was_written_offline(pages, 
     await bob.expect_message("written while offline")
 
 
+async def test_kick_moves_the_page_to_the_gateway_it_names(pages, web_stack):
+    from im_runtime.access.ws import WsGateway
+
+    second = WsGateway(web_stack.app.node, "127.0.0.1", 0)
+    await second.start()
+    try:
+        alice = await pages("alice")
+        bob = await pages("bob")
+        (conn,) = web_stack.app.node.by_uid["alice"]
+        conn.kick(503, "node draining", "127.0.0.1", second.port)
+        await alice.page.wait_for_function(
+            f"window.imstack.client.status === 'online' && window.imstack.client.url === 'ws://127.0.0.1:{second.port}/ws'",
+            timeout=WAIT_MS,
+        )
+        assert second.connection_count == 2  # the node counts ws connections of both gateways
+        await alice.open_conversation("bob")
+        await alice.send("after the move")
+        await alice.expect_state("after the move", "delivered")
+        await expect(bob.unread_badge("s:alice:bob")).to_have_text("1", timeout=WAIT_MS)
+        await bob.click_conversation("s:alice:bob")
+        await bob.expect_message("after the move")
+    finally:
+        await second.close()
+
+
 async def test_tcp_client_and_browser_talk(pages, web_stack):
     await web_stack.group("ops", ["alice", "dave"])
     alice = await pages("alice")
