@@ -105,7 +105,9 @@ class WsFraming:
     @property
     def closing(self) -> bool:
         """True once the connection is on its way out (close sent or received, or refused)."""
-        return self._ws.state is not State.OPEN and (self.opened or self._ws.close_expected())
+        ws = self._ws
+        # eof_sent also covers a handshake refused, or failed by bad bytes pipelined behind it.
+        return ws.eof_sent or ws.state is State.CLOSING or ws.state is State.CLOSED
 
     @property
     def close_code(self) -> int | None:
@@ -169,6 +171,8 @@ class WsFraming:
     def close(self, code: int = CLOSE_NORMAL, reason: str = "", *, last_message: bytes | None = None) -> None:
         """Starts the closing handshake, after `last_message` (an ERROR or KICK frame) if given."""
         ws = self._ws
+        if ws.eof_sent:
+            return  # already on its way out
         if ws.state is State.OPEN:
             if last_message is not None:
                 ws.send_binary(last_message)
