@@ -42,12 +42,10 @@ log = logging.getLogger(__name__)
 WS_PATH = "/ws"
 
 # WebSocket close codes (RFC 6455 section 7.4.1) used for the PROTOCOL.md rules.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
+CLOSE_NORMAL = 1000  # idle limit, KICK, end of a normal session
 CLOSE_UNSUPPORTED_DATA = 1003  # text messages
-CLOSE_INVALID_DATA = 1007  # a binary message that is not one whole protocol frame
-CLOSE_POLICY = 1008  # unauthenticated, idle, kicked
-CLOSE_TOO_BIG = 1009
+CLOSE_INVALID_DATA = 1007  # after ERROR BAD_FRAME: a message that is not one whole frame
+CLOSE_TOO_BIG = 1009  # after ERROR FRAME_TOO_LARGE
 
 # How long a closing connection may take to answer our close frame before the socket is cut.
 CLOSE_TIMEOUT = 3.0
@@ -168,16 +166,14 @@ class WsFraming:
         self._ws.send_binary(data)
         return True
 
-    def close(self, code: int = CLOSE_NORMAL, reason: str = "", *, last_message: bytes | None = None) -> None:
-        """Starts the closing handshake, after `last_message` (an ERROR or KICK frame) if given."""
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Starts the closing handshake after what is queued (a KICK, the last ERROR)."""
         ws = self._ws
         if ws.eof_sent:
             return  # already on its way out
         if ws.state is State.OPEN:
-            if last_message is not None:
-                ws.send_binary(last_message)
             ws.send_close(code, reason)
-        elif ws.state is State.CONNECTING and not ws.eof_sent:
+        elif ws.state is State.CONNECTING:
             ws.send_eof()
 
     def data_to_send(self) -> list[bytes]:
