@@ -32,8 +32,10 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from im_runtime import metrics
 from im_runtime.access.node import AccessNode
 from im_runtime.access.session import GatewayConnection
+from im_runtime.access.state import ConnState
 from im_runtime.protocol.frame import Frame, FrameError, error_frame
 from im_runtime.protocol.types import DEFAULT_MAX_BODY, HEAD_LENGTH, ErrorCode
 
@@ -74,7 +76,7 @@ class WsFraming:
     checks `closing`.
     """
 
-    __slots__ = ("_ws", "_path", "_fragments", "_too_big", "opened", "origin")
+    __slots__ = ("_ws", "_path", "_fragments", "_too_big", "opened", "origin", "refused")
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ class WsFraming:
         self._too_big = 0  # 1: an oversized message was refused and its ERROR is due; 2: written
         self.opened = False
         self.origin: str | None = None
+        self.refused: str | None = None  # why the WebSocket layer itself ended the connection
 
     @property
     def state(self) -> State:
@@ -133,6 +136,7 @@ class WsFraming:
             elif opcode is Opcode.TEXT or opcode is Opcode.CONT:
                 # PROTOCOL.md: on WebSocket, text messages are refused.
                 self._fragments = None
+                self.refused = "text message"
                 self.close(CLOSE_UNSUPPORTED_DATA, "text messages are refused; send binary frames")
                 break
             # PING (answered by websockets), PONG and CLOSE need nothing here.
@@ -140,6 +144,7 @@ class WsFraming:
             # websockets refused the frame from its header, before buffering its payload
             # (close 1009); the client still learns why in protocol terms.
             self._too_big = 1
+            self.refused = "message too large"
         return messages
 
     def receive_eof(self) -> None:
@@ -155,6 +160,8 @@ class WsFraming:
         if response.status_code == 101:
             self.opened = True
             self.origin = ws.origin
+        else:
+            self.refused = f"handshake {response.status_code}"
         # websockets' parser generator keeps the handshake request alive for the life of the
         # connection; its headers are ~2 KiB per idle connection that nobody reads again.
         request.headers = Headers()
@@ -229,7 +236,11 @@ class WsConnection(GatewayConnection, asyncio.Protocol):
         self._flush()  # handshake answer, pongs, close frames
         if events:
             self.received(events)
-        if framing.closing:
+        if framing.closing and self.core.state is not ConnState.CLOSED:
+            if framing.refused is not None:
+                if framing.refused == "message too large":
+                    metrics.PROTOCOL_ERRORS.labels(str(int(ErrorCode.FRAME_TOO_LARGE))).inc()
+                log.info("ws connection refused", extra={"conn_id": self.conn_id, "uid": self.uid, "reason": framing.refused})
             self.close()
 
     def eof_received(self) -> bool:

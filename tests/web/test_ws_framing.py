@@ -65,6 +65,7 @@ def test_other_paths_get_404_and_close():
     assert response.status_code == 404
     assert not server.opened
     assert server.closing
+    assert server.refused == "handshake 404"
 
 
 @pytest.mark.parametrize(
@@ -120,6 +121,7 @@ def test_text_message_is_refused_with_close_1003():
     assert len(closes) == 1
     assert struct.unpack("!H", closes[0].data[:2])[0] == CLOSE_UNSUPPORTED_DATA
     assert not server.send_message(b"late"), "nothing is sent after the close"
+    assert server.refused == "text message"
 
 
 def test_oversized_message_gets_frame_too_large_then_close_1009():
@@ -140,6 +142,7 @@ def test_oversized_message_gets_frame_too_large_then_close_1009():
     err = pb.Error.FromString(bytes(frames[0].data[20:]))
     assert err.code == ErrorCode.FRAME_TOO_LARGE
     assert struct.unpack("!H", frames[1].data[:2])[0] == 1009
+    assert server.refused == "message too large"
 
 
 _HANDSHAKE = (
