@@ -140,6 +140,25 @@ async def test_kick_moves_the_page_to_the_gateway_it_names(pages, web_stack):
         await second.close()
 
 
+async def test_same_device_elsewhere_stops_the_page_until_asked(pages, web_stack):
+    from im_runtime.proto import imstack_pb2 as pb
+    from im_runtime.protocol.types import RequestType
+
+    alice = await pages("alice")
+    device = await alice.page.evaluate("window.imstack.client.deviceId")
+    other = await web_stack.ws_raw()
+    _, _, resp = await other.request(
+        RequestType.AUTH_REQ, pb.AuthRequest(uid="alice", token=await web_stack.token("alice"), device_id=device)
+    )
+    assert resp.code == 0
+    await alice.expect_status("replaced")  # no reconnect loop that would kick the other back
+    await expect(alice.page.locator("#status-text")).to_contain_text("Signed in elsewhere")
+    await alice.page.click("#status")
+    await alice.expect_status("online")
+    kind, _, kick = await other.expect(RequestType.KICK)
+    assert kick.code == 409
+
+
 async def test_tcp_client_and_browser_talk(pages, web_stack):
     await web_stack.group("ops", ["alice", "dave"])
     alice = await pages("alice")

@@ -125,6 +125,7 @@ const STATUS_TEXT = {
   [Status.ONLINE]: "Online",
   [Status.RECONNECTING]: "Reconnecting…",
   [Status.UNAUTHORIZED]: "Token refused",
+  [Status.REPLACED]: "Signed in elsewhere · click to reconnect",
   [Status.CLOSED]: "Offline",
 };
 
@@ -594,6 +595,9 @@ function init() {
   });
   $("devlogin-button").addEventListener("click", devLogin);
   $("signout").addEventListener("click", () => signOut());
+  $("status").addEventListener("click", () => {
+    if (model.client && model.client.status === Status.REPLACED) model.client.start().catch(() => {});
+  });
   $("open-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const target = $("open-target").value.trim();
