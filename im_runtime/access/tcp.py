@@ -54,7 +54,7 @@ class TcpConnection(GatewayConnection, asyncio.Protocol):
             return
         if self._out is None:
             self._out = [data]
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop().call_soon(self._flush)
         else:
             self._out.append(data)
         self._out_bytes += len(data)
