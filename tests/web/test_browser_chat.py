@@ -243,3 +243,39 @@ async def _wait_offline_empty(web_stack, uid: str, timeout: float = 10.0) -> Non
     while (await web_stack.app.stores.offline.pull(uid, 0, 1))[0]:
         assert loop.time() < deadline, f"{uid}'s offline queue did not empty"
         await asyncio.sleep(0.05)
+
+
+async def test_page_over_https_uses_wss(browser, web_stack_factory, tmp_path):
+    """With a certificate configured the page is served over HTTPS and connects with wss
+    (S8): the address it picks from ipList follows the page's scheme."""
+    import subprocess
+
+    from tests.web.browser import VIEWPORT, ChatPage
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    stack = await web_stack_factory(tls_cert=str(cert), tls_key=str(key))
+    base = f"https://127.0.0.1:{stack.app.http_port}/"
+    pages = []
+    for uid in ("alice", "bob"):
+        # The test's own certificate is not in chromium's trust store.
+        context = await browser.new_context(viewport=VIEWPORT, ignore_https_errors=True)
+        page = ChatPage(await context.new_page(), base)
+        pages.append(page)
+        await page.sign_in(uid)
+    alice, bob = pages
+    try:
+        url = await alice.page.evaluate("window.imstack.client.url")
+        assert url == f"wss://127.0.0.1:{stack.app.ws.port}/ws"
+        await alice.open_conversation("bob")
+        await alice.send("over TLS")
+        await alice.expect_state("over TLS", "delivered")
+        await expect(bob.unread_badge("s:alice:bob")).to_have_text("1", timeout=WAIT_MS)
+    finally:
+        for page in pages:
+            await page.close()
+    assert not alice.errors and not bob.errors
