@@ -193,19 +193,3 @@ async def _wait_count(stack, expected: int, timeout: float = 5.0) -> None:
     while stack.app.ws.connection_count != expected:
         assert loop.time() < deadline, f"ws connections {stack.app.ws.connection_count}, expected {expected}"
         await asyncio.sleep(0.05)
-
-
-async def test_pairs_of_ws_clients_deliver_every_message(web_stack):
-    """The throughput run of docs/benchmarks.md, small: every message reaches its receiver,
-    pushes and PULL_NOTIFY-triggered offline pulls together, nothing left un-acked."""
-    from tests.web.ws_throughput import run
-
-    figures = await run(web_stack.ws_url, lambda uid: web_stack.app.signer.mint(uid).token, pairs=8, messages=120)
-    assert figures["messages"] == 8 * 120
-    assert figures["delivered_per_s"] > 50, figures
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    for i in range(8):
-        while (await web_stack.app.stores.offline.pull(f"tp-r{i}", 0, 10))[0]:
-            assert loop.time() < deadline, f"tp-r{i} still has offline messages"
-            await asyncio.sleep(0.05)
