@@ -33,6 +33,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from im_runtime import metrics
+from im_runtime.access.gateway import Gateway
 from im_runtime.access.node import AccessNode
 from im_runtime.access.session import GatewayConnection
 from im_runtime.access.state import ConnState
@@ -295,7 +296,7 @@ class WsConnection(GatewayConnection, asyncio.Protocol):
             self.transport.abort()
 
 
-class WsGateway:
+class WsGateway(Gateway):
     """The WebSocket gateway of an access node: `ws://host:port/ws` (wss with `ssl`).
 
     Mirrors TcpGateway: start(), close(), stop_accepting(), port, connection_count.
@@ -317,52 +318,12 @@ class WsGateway:
         deflate: bool = False,
         backlog: int = 4096,
     ) -> None:
-        self.node = node
-        self.host = host
-        self.port = port
-        self.ssl_context = ssl
+        super().__init__(node, host, port, ssl_context=ssl, max_body=max_body, backlog=backlog)
         self.origins = tuple(origins) if origins else None
-        self.max_body = max_body
         self.deflate = deflate
-        self.backlog = backlog
-        self._server: asyncio.base_events.Server | None = None
 
     def _connection(self) -> WsConnection:
         return WsConnection(self.node, max_body=self.max_body, origins=self.origins, deflate=self.deflate)
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._connection,
-            self.host,
-            self.port,
-            ssl=self.ssl_context,
-            backlog=self.backlog,
-            reuse_address=True,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "ws gateway listening",
-            extra={
-                "host": self.host,
-                "port": self.port,
-                "path": WS_PATH,
-                "tls": self.ssl_context is not None,
-                "origins": list(self.origins or ()),
-                "deflate": self.deflate,
-            },
-        )
-
-    @property
-    def connection_count(self) -> int:
-        return self.node.count(self.kind)
-
-    async def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def close(self) -> None:
-        await self.stop_accepting()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+    def _describe(self) -> dict[str, object]:
+        return {"path": WS_PATH, "origins": list(self.origins or ()), "deflate": self.deflate}

@@ -19,7 +19,6 @@ Guarantees and where they come from:
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Protocol
