@@ -1,0 +1,91 @@
+"""Cluster mode: assembles the Redis and MongoDB engines into one `Stores`.
+
+Where each domain lives (docs/storage.md):
+- Redis: sessions, offline queues, seq counters, de-dup claims, read positions (hot, shared,
+  one round trip per call) and the group member cache.
+- MongoDB: messages, id segments, seq high-water marks (the durable floor of the Redis
+  counters) and groups (the truth behind the Redis cache), so nothing that cannot be rebuilt
+  is lost when Redis loses writes.
+
+`cluster_stores` checks the Redis eviction policy (S10) and creates the MongoDB indexes before
+returning; `Stores.close()` closes both pools.
+"""
+from __future__ import annotations
+
+from im_runtime.storage.interfaces import Stores
+from im_runtime.storage.mongo_store import (
+    MongoGroupStore,
+    MongoMessageStore,
+    MongoSegmentStore,
+    MongoSeqFloor,
+    ensure_indexes,
+)
+from im_runtime.storage.pools import check_eviction_policy, mongo_client, redis_client
+from im_runtime.storage.redis_store import (
+    RedisDedupStore,
+    RedisGroupCache,
+    RedisOfflineStore,
+    RedisReadStore,
+    RedisSequenceStore,
+    RedisSessionStore,
+)
+
+
+class _Pools:
+    """The two driver pools every store of one Stores shares."""
+
+    def __init__(self, redis, mongo) -> None:
+        self.redis = redis
+        self.mongo = mongo
+
+    async def close(self) -> None:
+        await self.redis.aclose(close_connection_pool=True)
+        await self.mongo.close()
+
+
+class _ClosingSegments(MongoSegmentStore):
+    """The last store Stores.close() visits closes the shared pools (once)."""
+
+    def __init__(self, db, pools: _Pools) -> None:
+        super().__init__(db)
+        self._pools = pools
+
+    async def close(self) -> None:
+        await self._pools.close()
+
+
+async def cluster_stores(
+    redis_url: str,
+    mongo_url: str,
+    mongo_db: str,
+    *,
+    dedup_ttl_s: float = 24 * 3600,
+    dedup_pending_ttl_s: float | None = None,
+    seq_block: int = 100,
+    redis_max_connections: int = 64,
+    mongo_max_pool_size: int = 32,
+) -> Stores:
+    """Stores backed by Redis (`redis_url`) and MongoDB (`mongo_url`, database `mongo_db`).
+
+    Raises pools.EvictionPolicyError if Redis may evict keys (S10)."""
+    redis = redis_client(redis_url, max_connections=redis_max_connections)
+    mongo = mongo_client(mongo_url, max_pool_size=mongo_max_pool_size)
+    pools = _Pools(redis, mongo)
+    try:
+        await check_eviction_policy(redis)
+        db = mongo[mongo_db]
+        await ensure_indexes(db)
+    except BaseException:
+        await pools.close()
+        raise
+    messages = MongoMessageStore(db)
+    return Stores(
+        sessions=RedisSessionStore(redis),
+        offline=RedisOfflineStore(redis),
+        sequences=RedisSequenceStore(redis, MongoSeqFloor(db, messages), block=seq_block),
+        messages=messages,
+        dedup=RedisDedupStore(redis, ttl_s=dedup_ttl_s, pending_ttl_s=dedup_pending_ttl_s),
+        groups=MongoGroupStore(db, RedisGroupCache(redis)),
+        reads=RedisReadStore(redis),
+        segments=_ClosingSegments(db, pools),
+    )

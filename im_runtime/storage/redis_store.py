@@ -1,0 +1,415 @@
+"""Redis engine for the fast, shared state: sessions, offline queues, seq counters, de-dup
+claims and read positions (plus the group cache used by the MongoDB group store).
+
+Design (docs/storage.md has the full key table):
+- Every key carries a Redis Cluster hash tag `{t}` where t is a short hash of the owner id, so
+  keys spread over the cluster (S10) while all keys of one user (offline queue, its index and
+  pending counts) or one conversation share a slot; each Lua script touches one slot only.
+- One round trip per store call: a single command, a Lua script where a step must be atomic
+  (offline add/ack, seq counter, de-dup claim, max-only read position), or a pipeline where
+  keys live in different slots (sessions, read positions).
+- Offline score (S10, S18) = max(server_time_ms * 1000, last score of that user + 1): close to
+  the message time, strictly increasing per user so ties keep insertion order and never wrap,
+  exact in a double until the year 2255. The score is the cursor handed to clients.
+- Seq counters (S11, S12) never go backwards: Redis hands out seqs only below a high-water mark
+  reserved in MongoDB (blocks, as OpenIM does); when the counter key is missing (Redis restart
+  without persistence, FLUSHALL, failover to an empty replica) it restarts from
+  max(reserved mark, highest stored seq), which is above every seq ever handed out.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Iterable, Protocol
+
+import redis.asyncio as aioredis
+
+from im_runtime.proto import imstack_pb2 as pb
+from im_runtime.storage.interfaces import Claim, ClaimState
+
+PREFIX = "im"
+
+
+def tag(owner: str) -> str:
+    """Cluster hash tag of an id: 8 hex chars, so odd ids (with `{`/`}`) still hash well."""
+    return hashlib.blake2b(owner.encode(), digest_size=4).hexdigest()
+
+
+def _key(kind: str, owner: str) -> str:
+    return f"{PREFIX}:{kind}:{{{tag(owner)}}}:{owner}"
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --------------------------------------------------------------------------- sessions (S5, S9)
+
+
+class RedisSessionStore:
+    """`im:sess:{t}:<uid>` hash "node|conn_id" -> device_id; `im:node:{t}:<node>` set of
+    "conn_id|uid" so drop_node finds a dead node's sessions without scanning."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+
+    async def bind(self, uid: str, node: str, conn_id: int, device_id: str) -> None:
+        async with self._r.pipeline(transaction=False) as p:
+            p.hset(_key("sess", uid), f"{node}|{conn_id}", device_id)
+            p.sadd(_key("node", node), f"{conn_id}|{uid}")
+            await p.execute()
+
+    async def unbind(self, uid: str, node: str, conn_id: int) -> bool:
+        async with self._r.pipeline(transaction=False) as p:
+            p.hdel(_key("sess", uid), f"{node}|{conn_id}")
+            p.srem(_key("node", node), f"{conn_id}|{uid}")
+            removed, _ = await p.execute()
+        return bool(removed)
+
+    async def lookup(self, uids: Iterable[str]) -> dict[str, list[str]]:
+        uids = list(dict.fromkeys(uids))
+        if not uids:
+            return {}
+        async with self._r.pipeline(transaction=False) as p:
+            for uid in uids:
+                p.hkeys(_key("sess", uid))
+            replies = await p.execute()
+        found: dict[str, list[str]] = {}
+        for uid, fields in zip(uids, replies):
+            if fields:
+                found[uid] = sorted({_s(f).rsplit("|", 1)[0] for f in fields})
+        return found
+
+    async def drop_node(self, node: str) -> int:
+        node_key = _key("node", node)
+        entries = await self._r.smembers(node_key)
+        if not entries:
+            return 0
+        pairs = [_s(e).split("|", 1) for e in entries]
+        async with self._r.pipeline(transaction=False) as p:
+            for conn_id, uid in pairs:
+                p.hdel(_key("sess", uid), f"{node}|{conn_id}")
+            p.srem(node_key, *entries)
+            replies = await p.execute()
+        return sum(replies[:-1])
+
+
+# --------------------------------------------------------------------------- offline (S10, S18)
+
+# KEYS: queue zset, index hash, pending hash, last-score string
+# ARGV: message_id, message bytes, conversation_id, server_time_ms
+_OFFLINE_ADD = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
+end
+local score = tonumber(ARGV[4]) * 1000
+local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+if score <= last then score = last + 1 end
+local s = string.format('%.0f', score)
+redis.call('SET', KEYS[4], s)
+redis.call('ZADD', KEYS[1], s, ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], s .. ' ' .. ARGV[3])
+return redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+"""
+
+# KEYS: queue zset, index hash, pending hash; ARGV: message ids
+_OFFLINE_ACK = """
+local removed = 0
+for i = 1, #ARGV do
+  local entry = redis.call('HGET', KEYS[2], ARGV[i])
+  if entry then
+    local sp = string.find(entry, ' ', 1, true)
+    local score = string.sub(entry, 1, sp - 1)
+    local conv = string.sub(entry, sp + 1)
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], score, score)
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    if redis.call('HINCRBY', KEYS[3], conv, -1) <= 0 then redis.call('HDEL', KEYS[3], conv) end
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+class RedisOfflineStore:
+    """Per receiver, all in slot {t(uid)}: `im:off` zset (score = cursor, member = message
+    bytes), `im:offi` hash message_id -> "score conversation" (de-dup of a message id and ack by
+    id), `im:offp` hash conversation -> pending count, `im:offl` last score handed out (kept
+    after the queue empties, so cursors keep growing)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+        self._add = client.register_script(_OFFLINE_ADD)
+        self._ack = client.register_script(_OFFLINE_ACK)
+
+    @staticmethod
+    def _keys(uid: str) -> list[str]:
+        return [_key("off", uid), _key("offi", uid), _key("offp", uid), _key("offl", uid)]
+
+    async def add(self, uid: str, message: pb.Message) -> int:
+        server_ms = max(0, message.server_time)  # no time given: the per-user +1 keeps the order
+        return int(
+            await self._add(
+                keys=self._keys(uid),
+                args=[message.message_id, message.SerializeToString(), message.conversation_id, server_ms],
+            )
+        )
+
+    async def pull(self, uid: str, cursor: int, limit: int) -> tuple[list[pb.Message], bool, int]:
+        if limit <= 0:
+            return [], await self._r.zcount(_key("off", uid), f"({int(cursor)}", "+inf") > 0, cursor
+        rows = await self._r.zrange(
+            _key("off", uid), f"({int(cursor)}", "+inf", byscore=True, offset=0, num=limit + 1, withscores=True
+        )
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        messages = [pb.Message.FromString(raw) for raw, _ in rows]
+        next_cursor = int(rows[-1][1]) if rows else cursor
+        return messages, has_more, next_cursor
+
+    async def ack(self, uid: str, message_ids: Iterable[int]) -> int:
+        ids = [int(m) for m in dict.fromkeys(message_ids)]
+        if not ids:
+            return 0
+        return int(await self._ack(keys=self._keys(uid)[:3], args=ids))
+
+    async def backlog(self, uid: str) -> int:
+        return int(await self._r.hlen(_key("offi", uid)))
+
+
+# --------------------------------------------------------------------------- sequences (S11, S12)
+
+
+class SeqFloor(Protocol):
+    """What the Redis counter needs from durable storage (MongoDB in cluster mode)."""
+
+    async def reserve(self, conversation_id: str, at_least: int) -> int:
+        """Raises the durable high-water mark to >= at_least; returns the mark."""
+    async def reserved(self, conversation_id: str) -> int:
+        """The durable high-water mark (0 if none)."""
+    async def stored_max(self, conversation_id: str) -> int:
+        """Highest seq persisted with a message (0 if none)."""
+    async def stored_maxes(self, conversation_ids: list[str]) -> dict[str, int]: ...
+
+
+# KEYS: counter hash {c = last seq handed out, m = reserved mark}
+# returns {1, seq} | {0, c} (mark reached: reserve more) | {-1, 0} (counter lost: recover)
+_SEQ_NEXT = """
+local v = redis.call('HMGET', KEYS[1], 'c', 'm')
+if not v[1] or not v[2] then return {-1, 0} end
+local c = tonumber(v[1])
+if c < tonumber(v[2]) then return {1, redis.call('HINCRBY', KEYS[1], 'c', 1)} end
+return {0, c}
+"""
+
+# KEYS: counter hash; ARGV: floor (restart point when the counter is lost), mark
+# Raises c to the floor and m to the mark (both max-only), then hands out one seq if it can.
+_SEQ_INSTALL = """
+local v = redis.call('HMGET', KEYS[1], 'c', 'm')
+local c = tonumber(v[1] or '0')
+local m = tonumber(v[2] or '0')
+local floor = tonumber(ARGV[1])
+local mark = tonumber(ARGV[2])
+if not v[1] or not v[2] then
+  if c < floor then c = floor end
+end
+if mark > m then m = mark end
+redis.call('HSET', KEYS[1], 'c', c, 'm', m)
+if c < m then return {1, redis.call('HINCRBY', KEYS[1], 'c', 1)} end
+return {0, c}
+"""
+
+
+class RedisSequenceStore:
+    """`im:seq:{t}:<conversation>` hash {c, m}. INCR-speed in the common case (one Lua call);
+    every `block` seqs one MongoDB findOneAndUpdate raises the reserved mark."""
+
+    def __init__(self, client: aioredis.Redis, floor: SeqFloor, *, block: int = 100) -> None:
+        self._r = client
+        self._floor = floor
+        self._block = block
+        self._next = client.register_script(_SEQ_NEXT)
+        self._install = client.register_script(_SEQ_INSTALL)
+        self._slow: dict[str, asyncio.Lock] = {}  # single flight per conversation for the slow path
+
+    async def next_seq(self, conversation_id: str) -> int:
+        key = _key("seq", conversation_id)
+        status, value = await self._next(keys=[key])
+        if status == 1:
+            return int(value)
+        lock = self._slow.setdefault(conversation_id, asyncio.Lock())
+        try:
+            async with lock:
+                for _attempt in range(8):
+                    status, value = await self._next(keys=[key])  # another caller may have refilled
+                    if status == 1:
+                        return int(value)
+                    if status == -1:  # counter lost: restart above everything ever handed out
+                        reserved, stored = await asyncio.gather(
+                            self._floor.reserved(conversation_id), self._floor.stored_max(conversation_id)
+                        )
+                        floor = max(reserved, stored)
+                    else:
+                        floor = int(value)
+                    mark = await self._floor.reserve(conversation_id, floor + self._block)
+                    status, value = await self._install(keys=[key], args=[floor, mark])
+                    if status == 1:
+                        return int(value)
+                raise RuntimeError(f"seq counter for {conversation_id!r} could not be refilled")
+        finally:
+            if not lock.locked() and self._slow.get(conversation_id) is lock:
+                del self._slow[conversation_id]
+
+    async def latest_seqs(self, conversation_ids: Iterable[str]) -> dict[str, int]:
+        convs = list(dict.fromkeys(conversation_ids))
+        if not convs:
+            return {}
+        async with self._r.pipeline(transaction=False) as p:
+            for conv in convs:
+                p.hget(_key("seq", conv), "c")
+            replies = await p.execute()
+        result = {c: int(v) for c, v in zip(convs, replies) if v is not None}
+        lost = [c for c in convs if c not in result]
+        if lost:  # no counter (never used, or lost with Redis): the stored messages know
+            result.update(await self._floor.stored_maxes(lost))
+        return {c: result.get(c, 0) for c in convs}
+
+
+# --------------------------------------------------------------------------- de-dup (S12, S15)
+
+_PENDING = b"p"
+_DONE = b"d"
+
+# KEYS: claim key; ARGV: pending ttl ms. Returns 1 (new) or the stored value.
+_DEDUP_CLAIM = """
+if redis.call('SET', KEYS[1], 'p', 'NX', 'PX', ARGV[1]) then return 1 end
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1])
+  return 1
+end
+return v
+"""
+
+
+class RedisDedupStore:
+    """`im:dd:{t}:<sender>:<message_id>` = "p" while a send is in flight, "d"+SendAck once done.
+
+    A pending claim lives `pending_ttl_s` (a crashed sender's claim frees itself quickly so a
+    retry can go through); a completed one lives `ttl_s`."""
+
+    def __init__(self, client: aioredis.Redis, *, ttl_s: float = 24 * 3600, pending_ttl_s: float | None = None) -> None:
+        self._r = client
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._pending_ttl_ms = max(1, int((pending_ttl_s if pending_ttl_s is not None else min(ttl_s, 120)) * 1000))
+        self._claim = client.register_script(_DEDUP_CLAIM)
+
+    @staticmethod
+    def _k(sender: str, message_id: int) -> str:
+        return f"{PREFIX}:dd:{{{tag(sender)}}}:{sender}:{int(message_id)}"
+
+    async def claim(self, sender: str, message_id: int) -> Claim:
+        value = await self._claim(keys=[self._k(sender, message_id)], args=[self._pending_ttl_ms])
+        if value == 1:
+            return Claim(ClaimState.NEW)
+        if value[:1] == _DONE:
+            return Claim(ClaimState.DONE, pb.SendAck.FromString(value[1:]))
+        return Claim(ClaimState.PENDING)
+
+    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
+        await self._r.set(self._k(sender, message_id), _DONE + ack.SerializeToString(), px=self._ttl_ms)
+
+    async def release(self, sender: str, message_id: int) -> None:
+        await self._r.delete(self._k(sender, message_id))
+
+
+# --------------------------------------------------------------------------- read positions (S13, S14)
+
+# KEYS: hash; ARGV: field, seq. read = max(read, seq), atomic (S14).
+_MAX_FIELD = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+local seq = tonumber(ARGV[2])
+if seq > cur then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return seq
+end
+return cur
+"""
+
+
+class RedisReadStore:
+    """`im:rdu:{t(uid)}:<uid>` hash conversation -> read seq, and the mirror
+    `im:rdc:{t(conv)}:<conv>` hash uid -> read seq. Both only grow (Lua max), so the two
+    copies agree whatever order concurrent advances land in."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+        self._max = client.register_script(_MAX_FIELD)
+
+    async def join(self, uid: str, conversation_id: str, read_seq: int = 0) -> None:
+        async with self._r.pipeline(transaction=False) as p:
+            p.hsetnx(_key("rdu", uid), conversation_id, int(read_seq))
+            p.hsetnx(_key("rdc", conversation_id), uid, int(read_seq))
+            await p.execute()
+
+    async def advance(self, uid: str, conversation_id: str, seq: int) -> int:
+        async with self._r.pipeline(transaction=False) as p:
+            await self._max(keys=[_key("rdu", uid)], args=[conversation_id, int(seq)], client=p)
+            await self._max(keys=[_key("rdc", conversation_id)], args=[uid, int(seq)], client=p)
+            mine, _ = await p.execute()
+        return int(mine)
+
+    async def positions(self, conversation_id: str) -> dict[str, int]:
+        raw = await self._r.hgetall(_key("rdc", conversation_id))
+        return {_s(k): int(v) for k, v in raw.items()}
+
+    async def conversations(self, uid: str) -> dict[str, int]:
+        raw = await self._r.hgetall(_key("rdu", uid))
+        return {_s(k): int(v) for k, v in raw.items()}
+
+
+# --------------------------------------------------------------------------- group cache
+
+# KEYS: cache hash; ARGV: version read before loading ('' = none), members json, ttl ms.
+# Stores the list only if no write invalidated the group since the version was read.
+_GROUP_PUT = """
+local v = redis.call('HGET', KEYS[1], 'v') or ''
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'm', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: cache hash. Drops the list and bumps the version, in one step.
+_GROUP_INVALIDATE = """
+redis.call('HDEL', KEYS[1], 'm')
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class RedisGroupCache:
+    """`im:grp:{t}:<group>` hash {m: members json, v: invalidation counter}: a read cache in
+    front of the MongoDB group documents. A reader notes `v` with its miss and stores what it
+    loaded only if `v` is unchanged; every write bumps `v` after changing MongoDB. So a reader
+    that loaded before a write either stores before the bump (which then drops it) or is
+    refused: a stale member list never outlives a write."""
+
+    def __init__(self, client: aioredis.Redis, *, ttl_s: float = 3600) -> None:
+        self._r = client
+        self._ttl_ms = int(ttl_s * 1000)
+        self._put = client.register_script(_GROUP_PUT)
+        self._invalidate = client.register_script(_GROUP_INVALIDATE)
+
+    async def get(self, group_id: str) -> tuple[frozenset[str] | None, str]:
+        """(members or None on a miss, the version to hand back to put)."""
+        raw, version = await self._r.hmget(_key("grp", group_id), ["m", "v"])
+        return (None if raw is None else frozenset(json.loads(raw))), ("" if version is None else _s(version))
+
+    async def put(self, group_id: str, version: str, members: Iterable[str]) -> None:
+        await self._put(keys=[_key("grp", group_id)], args=[version, json.dumps(sorted(members)), self._ttl_ms])
+
+    async def invalidate(self, group_id: str) -> None:
+        await self._invalidate(keys=[_key("grp", group_id)], args=[self._ttl_ms])

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# FerretDB v1.24.x (MongoDB wire protocol on SQLite) for the cluster-mode storage tests.
+# Built from the Go module proxy: scripts/tools/ferretdb is a small main (pinned go.mod/go.sum)
+# around FerretDB's embeddable package
+# (no prebuilt binaries can be downloaded here); cached in $IMSTACK_TOOLS/bin/ferretdb.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+tools="${IMSTACK_TOOLS:-$HOME/.cache/imstack/tools}"
+want="v1.24.2"
+bin="$tools/bin/ferretdb"
+stamp="$tools/bin/.ferretdb-version"
+if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  exit 0
+fi
+command -v go >/dev/null || { echo "20-ferretdb: Go toolchain not found (need go >= 1.22 on PATH)" >&2; exit 1; }
+mkdir -p "$tools/bin"
+echo "20-ferretdb: building FerretDB $want (a few minutes on 2 cores)..."
+cd "$here/tools/ferretdb"
+tmp="$bin.tmp.$$"
+GOFLAGS="${GOFLAGS:-} -mod=mod" go build -trimpath -ldflags "-s -w" -o "$tmp" .
+mv -f "$tmp" "$bin"
+echo "$want" > "$stamp"
+"$bin" --version | head -3

@@ -1,0 +1,86 @@
+"""Starts a real redis-server for tests (Debian package, scripts/setup.d/10-debian-packages.sh).
+
+Each call gets its own process on a free loopback port with persistence off (`--save ""`), so
+a test may FLUSHALL or kill it without touching anything else.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+_SETUP_HINT = "run `bash scripts/setup.d/10-debian-packages.sh` (or `make setup-test-deps`)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(
+    tmp_dir: str | Path, *, maxmemory_policy: str = "noeviction", appendonly: bool = False, extra_args: Sequence[str] = ()
+) -> RedisServer:
+    """extra_args: more `--directive value` pairs (e.g. rename-command to emulate managed Redis)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(f"redis-server is not installed: {_SETUP_HINT}")
+    tmp = Path(tmp_dir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for _attempt in range(3):  # a free port can be taken between probe and bind: retry
+        port = free_port()
+        log_path = tmp / f"redis-{port}.log"
+        args = [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no",
+            "--dir", str(tmp), "--maxmemory-policy", maxmemory_policy,
+            "--appendonly", "yes" if appendonly else "no", "--logfile", str(log_path), *extra_args,
+        ]
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            if _ping(port):
+                return RedisServer(port=port, process=process, log_path=log_path)
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+        last_error = f"exit={process.returncode} stderr={stderr.strip()} log={log.strip()}"
+    raise RuntimeError(f"redis-server did not start on 127.0.0.1: {last_error}")
