@@ -1,0 +1,68 @@
+"""One route, dispatch and access process on real ZooKeeper, Redis and FerretDB: clients
+talk through them, registrations appear in ZooKeeper, ipList reads them."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from kazoo.client import KazooClient
+
+from im_runtime.client import ImClient
+from im_runtime.client.client import GROUP
+from tests.cluster.conftest import http_json
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def uid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+async def test_messages_flow_through_separate_processes(topology):
+    topology.start_route()
+    topology.start_dispatch("dispatch-1")
+    access = topology.start_access("access-1")
+
+    status, ips = http_json(f"{topology.http_url}/v1/iplist")
+    assert status == 200 and [e["port"] for e in ips["tcp"]] == [access.ports["tcp"]]
+
+    alice, bob, carol = uid("alice"), uid("bob"), uid("carol")
+    clients = [ImClient(u, topology.token(u), http_url=topology.http_url) for u in (alice, bob, carol)]
+    for c in clients:
+        await c.connect()
+    a, b, c = clients
+    try:
+        ack = await a.send(bob, "hello bob")
+        assert ack.code == 0 and ack.seq == 1
+        got = await b.receive(timeout=10)
+        assert got.content == b"hello bob" and getattr(got, "from") == alice and got.seq == 1
+
+        group = uid("g")
+        topology.create_group(group, [alice, bob, carol])
+        ack = await c.send(group, "hi all", type=GROUP)
+        assert ack.code == 0 and ack.conversation_id == f"g:{group}"
+        for receiver in (a, b):
+            m = await receiver.receive(timeout=10)
+            assert m.content == b"hi all" and m.conversation_id == f"g:{group}"
+    finally:
+        for cl in clients:
+            await cl.close()
+
+
+async def test_registrations_in_zookeeper(topology):
+    topology.start_route()
+    topology.start_dispatch("dispatch-1")
+    topology.start_access("access-1")
+    zk = KazooClient(hosts=topology.servers.zk.hosts)
+    zk.start(timeout=10)
+    try:
+        assert zk.get_children(f"{topology.zk_root}/dispatch") == ["dispatch-1"]
+        assert zk.get_children(f"{topology.zk_root}/access/tcp") == ["access-1"]
+        data = json.loads(zk.get(f"{topology.zk_root}/access/tcp/access-1")[0])
+        assert data["node_id"] == "access-1" and data["kind"] == "tcp" and data["draining"] is False
+        assert data["connections"] == 0
+    finally:
+        zk.stop()
+        zk.close()
