@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -25,7 +26,11 @@ WORKER_IDS = 1024  # snowflake: 10 bits of worker id
 
 
 class ZkRegistry:
-    def __init__(self, hosts: str, root: str, *, session_timeout: float = 10.0) -> None:
+    def __init__(self, hosts: str, root: str, *, session_timeout: float | None = None) -> None:
+        # How long a dead process's ephemeral nodes outlive it (S9: clients of a dead access
+        # node are steered elsewhere once it expires).
+        if session_timeout is None:
+            session_timeout = float(os.environ.get("IMSTACK_ZK_SESSION_TIMEOUT", "10"))
         self.hosts = hosts
         self.root = root.rstrip("/")
         self.client = KazooClient(hosts=hosts, timeout=session_timeout)

@@ -116,6 +116,8 @@ class Topology:
             IMSTACK_TOKEN_KEY=self.token_key,
             IMSTACK_LOG_FORMAT="json",
             IMSTACK_RATE_PER_S="100000",
+            IMSTACK_ZK_SESSION_TIMEOUT="4",
+            IMSTACK_DEDUP_PENDING_TTL="3",
             PYTHONPATH=str(ROOT),
         )
 
