@@ -95,12 +95,15 @@ class GatewayConnection:
         messages stay offline) rather than allowed to grow memory (STYLE 5)."""
         if self.core.state is ConnState.CLOSED:
             return
-        self._write(data)
-        metrics.FRAMES_OUT.labels(self.kind).inc()
         if self._write_buffer_size() > self.node.max_write_buffer:
+            # Still over the limit from earlier writes: the client is not reading. Memory per
+            # connection stays under the limit plus one frame.
             metrics.DROPPED_SLOW.inc()
             log.warning("dropping slow client", extra={"conn_id": self.conn_id, "uid": self.uid})
             self.close()
+            return
+        self._write(data)
+        metrics.FRAMES_OUT.labels(self.kind).inc()
 
     def kick(self, code: int, message: str, host: str = "", port: int = 0, *, reason: str = "kick") -> None:
         if self.core.state is ConnState.CLOSED:

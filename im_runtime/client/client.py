@@ -122,13 +122,14 @@ class ImClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _pick_address(self) -> tuple[str, int]:
+    async def _pick_address(self) -> tuple[str, int]:
         if self._kick_target:
             target, self._kick_target = self._kick_target, None
             return target
         if self.http_url:
             try:
-                nodes = fetch_iplist(self.http_url).get("tcp", [])
+                # off the event loop: the app's loop must never block on HTTP
+                nodes = (await asyncio.to_thread(fetch_iplist, self.http_url)).get("tcp", [])
                 if nodes:
                     return nodes[0]["host"], int(nodes[0]["port"])
             except OSError as exc:
@@ -136,7 +137,7 @@ class ImClient:
         return self.host, self.port
 
     async def _connect_once(self) -> None:
-        host, port = self._pick_address()
+        host, port = await self._pick_address()
         conn = await ClientConnection.open(host, port, self._on_event, ssl_context=self.ssl_context)
         try:
             resp = await conn.request(

@@ -6,6 +6,25 @@ from im_runtime.protocol.types import ErrorCode, group_conversation, parse_conve
 from im_runtime.storage.interfaces import Stores
 
 MAX_PAGE = 500
+# Every response the server sends fits in the default 65,536-byte body limit, so a client
+# that enforces the same limit on what it receives can read every page.
+MAX_PAGE_BYTES = 64 * 1024 - 1024
+
+
+def fit(messages: list[pb.Message], *, keep_newest: bool) -> tuple[list[pb.Message], bool]:
+    """The longest run of messages (from the oldest, or from the newest) within MAX_PAGE_BYTES;
+    always at least one. True when some were left out."""
+    order = reversed(messages) if keep_newest else iter(messages)
+    kept, used = [], 0
+    for message in order:
+        size = message.ByteSize() + 8
+        if kept and used + size > MAX_PAGE_BYTES:
+            break
+        kept.append(message)
+        used += size
+    if len(kept) == len(messages):
+        return messages, False
+    return (kept[::-1] if keep_newest else kept), True
 
 
 async def membership(stores: Stores, uid: str, conversation_id: str) -> ErrorCode:
@@ -43,7 +62,9 @@ async def history(
     messages, has_more = await stores.messages.range(
         conversation_id, after_seq=after_seq, before_seq=before_seq, limit=limit, newest_first=newest_first
     )
-    return (messages[::-1] if newest_first else messages), has_more
+    messages = messages[::-1] if newest_first else messages
+    messages, trimmed = fit(messages, keep_newest=newest_first)
+    return messages, has_more or trimmed
 
 
 async def members_joined(stores: Stores, group_id: str, members: list[str]) -> None:

@@ -29,7 +29,7 @@ from im_runtime import metrics
 from im_runtime.idgen import IdGenerator
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import encode_frame, encode_message
-from im_runtime.dispatch.queries import history, membership, refusal
+from im_runtime.dispatch.queries import fit, history, membership, refusal
 from im_runtime.protocol.types import ErrorCode, RequestType, group_conversation, single_conversation
 from im_runtime.route.tokens import valid_uid
 from im_runtime.storage.interfaces import ClaimState, Stores
@@ -234,6 +234,10 @@ class DispatchService:
             return error(ErrorCode.BAD_BODY, "cursor and limit must not be negative")
         limit = min(req.limit or DEFAULT_PULL_LIMIT, MAX_PULL_LIMIT)
         messages, has_more, next_cursor = await self.stores.offline.pull(uid, req.cursor, limit)
+        fitting, trimmed = fit(messages, keep_newest=False)
+        if trimmed:  # re-read the shorter page so the store names its cursor
+            messages, has_more, next_cursor = await self.stores.offline.pull(uid, req.cursor, len(fitting))
+            has_more = True
         return RequestType.PULL_OFFLINE_RESP, pb.PullOfflineResponse(
             messages=messages, has_more=has_more, next_cursor=next_cursor
         )

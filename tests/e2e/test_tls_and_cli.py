@@ -1,0 +1,120 @@
+"""TLS on client connections and HTTPS (S8, S16), and `imstack up` as users run it."""
+import asyncio
+import datetime
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from im_runtime.client import ImClient
+from im_runtime.proto import imstack_pb2 as pb
+from im_runtime.protocol.types import RequestType
+
+
+def make_cert(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+async def test_tls_client_and_https_api(stack_factory, tmp_path):
+    cert, key = make_cert(tmp_path)
+    stack = await stack_factory(tls_cert=cert, tls_key=key)
+    ctx = ssl.create_default_context(cafile=cert)
+    token = stack.app.signer.mint("alice").token
+    alice = ImClient("alice", token, port=stack.tcp_port, ssl_context=ctx)
+    bob = ImClient("bob", stack.app.signer.mint("bob").token, port=stack.tcp_port, ssl_context=ctx)
+    await alice.connect()
+    await bob.connect()
+    try:
+        await alice.send("bob", "over tls")
+        assert (await bob.receive(5)).content == b"over tls"
+    finally:
+        await alice.close()
+        await bob.close()
+    # plain TCP to the TLS port gets nothing readable
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.tcp_port)
+    writer.write(b"\x00" * 20)
+    data = await asyncio.wait_for(reader.read(100), 5)
+    assert not data.startswith(b"\x00\x00\x00\x14")
+    writer.close()
+    # HttpDNS-style ipList over HTTPS (S16)
+    body = await asyncio.to_thread(
+        lambda: json.loads(urllib.request.urlopen(f"https://127.0.0.1:{stack.app.http_port}/v1/iplist", context=ctx, timeout=5).read())
+    )
+    assert body["tcp"][0]["host"] == "127.0.0.1"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_imstack_up_serves_and_prints_the_admin_key_once(tmp_path):
+    http, tcp, ws = _free_port(), _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMSTACK_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "im_runtime.cli", "up", "--http-port", str(http), "--tcp-port", str(tcp), "--ws-port", str(ws)],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    try:
+        admin_key = None
+        deadline = time.monotonic() + 30
+        lines = []
+        while time.monotonic() < deadline and admin_key is None:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("admin key (printed once): "):
+                admin_key = line.split(": ", 1)[1].strip()
+        assert admin_key, "".join(lines)
+        assert any(f"TCP 127.0.0.1:{tcp}" in l for l in lines)
+        token = subprocess.run(
+            [sys.executable, "-m", "im_runtime.cli", "token", "alice", "--url", f"http://127.0.0.1:{http}"],
+            env=env | {"IMSTACK_ADMIN_KEY": admin_key}, capture_output=True, text=True, timeout=30,
+        )
+        assert token.returncode == 0, token.stderr
+        assert token.stdout.startswith("v1.")
+        refused = subprocess.run(
+            [sys.executable, "-m", "im_runtime.cli", "token", "alice", "--url", f"http://127.0.0.1:{http}"],
+            env=env | {"IMSTACK_ADMIN_KEY": "wrong"}, capture_output=True, text=True, timeout=30,
+        )
+        assert refused.returncode == 1 and "401" in refused.stderr
+
+        async def chat():
+            c = ImClient("alice", token.stdout.strip(), port=tcp)
+            await c.connect()
+            ack = await c.send("alice", "note to self")
+            got = await c.receive(5)
+            await c.close()
+            return ack, got
+
+        ack, got = asyncio.run(chat())
+        assert ack.code == 0 and got.content == b"note to self"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert proc.returncode in (0, -15)
