@@ -34,3 +34,12 @@ check-proto: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The distributed topology on loopback (ZooKeeper, Redis, FerretDB, route, 2 dispatch,
+# 2 access), for people to try: prints the HTTP API address and the admin key.
+.PHONY: cluster-up cluster-down
+cluster-up: venv
+	$(VENV)/bin/imstack cluster up --dir .cluster
+
+cluster-down: venv
+	$(VENV)/bin/imstack cluster down --dir .cluster

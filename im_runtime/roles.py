@@ -100,7 +100,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from im_runtime.cluster import local
 
     if args.action == "up":
-        return local.up(args.dir, access=args.access, dispatch=args.dispatch, http_port=args.http_port)
+        return local.up(args.dir, access=args.access, dispatch=args.dispatch, http_port=args.http_port, first_tcp_port=args.tcp_port)
     return local.down(args.dir)
 
 
@@ -125,7 +125,8 @@ def add_role_parsers(sub) -> None:  # type: ignore[no-untyped-def]
     cluster.add_argument("--dir", default=os.environ.get("IMSTACK_CLUSTER_DIR", ".cluster"), help="state folder (pids, logs, data)")
     cluster.add_argument("--access", type=int, default=2)
     cluster.add_argument("--dispatch", type=int, default=2)
-    cluster.add_argument("--http-port", type=int, default=8080)
+    cluster.add_argument("--http-port", type=int, default=8080, help="route HTTP port (0: any free port)")
+    cluster.add_argument("--tcp-port", type=int, default=9000, help="first access TCP port (0: any free ports)")
     cluster.set_defaults(func=cmd_cluster)
 
 

@@ -251,8 +251,8 @@ class AccessRole:
         """S4: the connection count in ZooKeeper every 3 s (and the peers, for drain targets)."""
         while True:
             try:
-                await self.zk.update(self.path, self._registration())
-                self._peers = await self.zk.children_data(self.zk.path("access", self.kind))
+                await asyncio.wait_for(self.zk.update(self.path, self._registration()), 10)
+                self._peers = await asyncio.wait_for(self.zk.children_data(self.zk.path("access", self.kind)), 10)
             except Exception:
                 log.warning("zookeeper publish failed", exc_info=True)
             await asyncio.sleep(PUBLISH_S)
@@ -278,8 +278,11 @@ class AccessRole:
     async def drain(self, rate: float, deadline_unix: float, *, exit_after: bool) -> None:
         self.node.draining = True
         await self.gateway.stop_accepting()
-        await self.zk.update(self.path, self._registration())  # leaves ipList at once
-        self._peers = await self.zk.children_data(self.zk.path("access", self.kind))
+        try:
+            await asyncio.wait_for(self.zk.update(self.path, self._registration()), 5)  # leaves ipList at once
+            self._peers = await asyncio.wait_for(self.zk.children_data(self.zk.path("access", self.kind)), 5)
+        except Exception:
+            log.warning("zookeeper unavailable while draining; kicking with the last known peers", exc_info=True)
         left = await self.node.drain(rate_per_s=rate, deadline=time.monotonic() + max(0.0, deadline_unix - time.time()))
         log.info("drained", extra={"left": left})
         if exit_after:

@@ -104,7 +104,10 @@ class DispatchRole:
         self.stopped.set()
 
     async def close(self) -> None:
-        await self.zk.unregister(self.path)  # access nodes drop us before the links close
+        try:  # access nodes drop us before the links close
+            await asyncio.wait_for(self.zk.unregister(self.path), 5)
+        except Exception:
+            log.warning("could not leave zookeeper", exc_info=True)
         await self.links.close()
         await self.zk.stop()
         await self.route.close()

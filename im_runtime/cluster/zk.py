@@ -51,17 +51,27 @@ class ZkRegistry:
         for sub in ("dispatch", "access/tcp", "access/ws", "drain", "workers"):
             await self._run(self.client.ensure_path, f"{self.root}/{sub}")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Deletes our ephemerals (others see us leave at once) and closes the session;
+        bounded, so a process whose ZooKeeper is gone still exits."""
         with self._lock:
             owned = list(self._owned)
             self._owned.clear()
-        for path in owned:
-            try:
-                await self._run(self.client.delete, path)
-            except Exception:
-                pass
-        await self._run(self.client.stop)
-        await self._run(self.client.close)
+
+        def close() -> None:
+            if self.connected:
+                for path in owned:
+                    try:
+                        self.client.delete(path)
+                    except Exception:
+                        pass
+            self.client.stop()
+            self.client.close()
+
+        try:
+            await asyncio.wait_for(self._run(close), timeout)
+        except asyncio.TimeoutError:
+            log.warning("zookeeper did not close in time")
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
