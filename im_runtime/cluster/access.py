@@ -227,6 +227,7 @@ class AccessRole:
         self.path = self.zk.path("access", self.kind, s.node_id)
         await self.zk.register(self.path, self._registration())
         self.zk.watch_data(self.zk.path("drain", s.node_id), self._drain_requested)
+        self.zk.on_recovered = self._session_recovered
         self.probes, self.metrics_port = await serve_probes(s.host, s.metrics_port, self._ready)
         self._publisher = asyncio.get_running_loop().create_task(self._publish())
         log.info("access node up", extra={"node_id": s.node_id, "kind": self.kind, "port": self.gateway.port})
@@ -266,6 +267,18 @@ class AccessRole:
             return None
         best = min(peers, key=lambda d: (int(d.get("connections", 0)), str(d.get("node_id", ""))))
         return str(best["host"]), int(best["port"])
+
+    async def _session_recovered(self) -> None:
+        """Our ZooKeeper session expired, so route dropped our sessions (S9 treats us as dead):
+        ask every client to reconnect (here again is fine) so it re-authenticates and pulls
+        what it missed. Bounded rate, like a drain."""
+        conns = list(self.node.connections.values())
+        log.warning("zookeeper session was lost: clients re-authenticate", extra={"connections": len(conns)})
+        target = (self.settings.advertise_host, self.gateway.port)
+        for i, conn in enumerate(conns):
+            conn.kick(503, "reconnect: session table was reset", *target, reason="zk-session")
+            if i % 50 == 49:
+                await asyncio.sleep(0.1)
 
     def _drain_requested(self, data: dict | None) -> None:
         if data is None or self._draining_task is not None:

@@ -40,6 +40,8 @@ class ZkRegistry:
         self.connected = False
         self.sessions_recovered = 0
         self._lost = False
+        # Called on the loop after an expired session was replaced and our nodes re-created.
+        self.on_recovered: Callable[[], Any] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -87,13 +89,14 @@ class ZkRegistry:
             log.warning("zookeeper connection suspended")
         elif state == KazooState.CONNECTED:
             self.connected = True
-            if self._lost:
+            recovered = self._lost
+            if recovered:
                 self._lost = False
                 self.sessions_recovered += 1
                 log.info("zookeeper session re-established: re-registering")
-            self.client.handler.spawn(self._restore)
+            self.client.handler.spawn(self._restore, recovered)
 
-    def _restore(self) -> None:
+    def _restore(self, recovered: bool = False) -> None:
         """Re-creates our ephemerals that are missing or held by an older session."""
         with self._lock:
             owned = dict(self._owned)
@@ -111,6 +114,8 @@ class ZkRegistry:
                 pass
             except Exception:
                 log.warning("re-register failed", extra={"path": path}, exc_info=True)
+        if recovered and self.on_recovered is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(_call, lambda _: self.on_recovered(), None)  # type: ignore[misc]
 
     # ---- own registrations --------------------------------------------------------------
 

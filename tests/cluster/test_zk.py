@@ -55,6 +55,8 @@ async def test_expired_session_is_recovered_by_re_registering(registry, servers)
     path = registry.path("access", "tcp", "a1")
     await registry.register(path, {"node_id": "a1", "connections": 0})
     old_session = registry.client.client_id[0]
+    recovered = asyncio.Event()
+    registry.on_recovered = recovered.set
     await asyncio.get_running_loop().run_in_executor(None, _expire, servers.zk.hosts, registry)
     await _until(lambda: registry.sessions_recovered >= 1, 30, "a new session")
 
@@ -63,6 +65,7 @@ async def test_expired_session_is_recovered_by_re_registering(registry, servers)
         return stat is not None and stat.ephemeralOwner == registry.client.client_id[0] != old_session
 
     await _until(registered_again, 30, "the ephemeral node to be re-created under the new session")
+    await asyncio.wait_for(recovered.wait(), 10)  # the access node re-binds its clients on this
     await registry.update(path, {"node_id": "a1", "connections": 7})
     assert (await registry.children_data(registry.path("access", "tcp")))["a1"]["connections"] == 7
 
