@@ -82,11 +82,26 @@ class DispatchRole:
             self.path,
             {"node_id": s.node_id, "host": s.advertise_host, "port": self.links.port, "started_at": int(time.time())},
         )
+        self.stores_ok = True
+        self._checker = asyncio.get_running_loop().create_task(self._check_stores())
         self.probes, self.metrics_port = await serve_probes(s.host, s.metrics_port, self._ready)
         log.info("dispatch node up", extra={"node_id": s.node_id, "link_port": self.links.port, "worker_id": self.worker_id})
 
     def _ready(self) -> dict[str, bool]:
-        return {"zookeeper": self.zk.connected}
+        return {"zookeeper": self.zk.connected, "stores": self.stores_ok}
+
+    async def _check_stores(self) -> None:
+        """Readiness: one Redis and one MongoDB read every 2 s, each bounded."""
+        while True:
+            try:
+                await asyncio.wait_for(self.stores.sequences.latest_seqs(["s:_ready:_ready"]), 2)
+                await asyncio.wait_for(self.stores.messages.max_seq("s:_ready:_ready"), 2)
+                self.stores_ok = True
+            except Exception:
+                if self.stores_ok:
+                    log.warning("stores not answering", exc_info=True)
+                self.stores_ok = False
+            await asyncio.sleep(2)
 
     async def handle(self, fwd: pb.Forward) -> tuple[int, bytes] | None:
         try:
@@ -104,6 +119,7 @@ class DispatchRole:
         self.stopped.set()
 
     async def close(self) -> None:
+        self._checker.cancel()
         try:  # access nodes drop us before the links close
             await asyncio.wait_for(self.zk.unregister(self.path), 5)
         except Exception:
