@@ -64,7 +64,12 @@ async def _serve(role) -> None:  # type: ignore[no-untyped-def]
 
 
 def _run(role) -> int:  # type: ignore[no-untyped-def]
-    asyncio.run(_serve(role))  # grpc.aio needs the default loop, not uvloop
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        asyncio.run(_serve(role))
+    else:
+        uvloop.run(_serve(role))  # grpc.aio runs on uvloop too
     return 0
 
 

@@ -32,13 +32,65 @@ from im_runtime.route.grpc_client import RouteClient
 log = logging.getLogger(__name__)
 
 
+class LookupBatcher:
+    """Coalesces the Lookup calls of one event-loop turn into one route gRPC call.
+
+    Every message fans out through a Lookup; one call each would make route (and gRPC's
+    per-call cost) the ceiling of the whole cluster. Callers still get exactly their uids."""
+
+    MAX_BATCH = 2000
+
+    def __init__(self, route: RouteClient) -> None:
+        self.route = route
+        self._waiting: list[tuple[list[str], asyncio.Future[dict[str, list[str]]]]] = []
+        self._scheduled = False
+        self.calls = 0
+
+    def lookup(self, uids: list[str]) -> "asyncio.Future[dict[str, list[str]]]":
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, list[str]]] = loop.create_future()
+        self._waiting.append((uids, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, []
+        batch: list[tuple[list[str], asyncio.Future]] = []
+        size = 0
+        for item in waiting:
+            batch.append(item)
+            size += len(item[0])
+            if size >= self.MAX_BATCH:
+                asyncio.ensure_future(self._call(batch))
+                batch, size = [], 0
+        if batch:
+            asyncio.ensure_future(self._call(batch))
+
+    async def _call(self, batch: list[tuple[list[str], asyncio.Future]]) -> None:
+        self.calls += 1
+        try:
+            found = await self.route.lookup({u for uids, _ in batch for u in uids})
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for uids, future in batch:
+            if not future.done():
+                future.set_result({u: found[u] for u in uids if u in found})
+
+
 class ClusterPusher:
     def __init__(self, route: RouteClient, links: LinkServer) -> None:
         self.route = route
         self.links = links
+        self.batcher = LookupBatcher(route)
 
     async def deliver(self, uids: list[str], frame: bytes) -> None:
-        nodes = await self.route.lookup(uids)
+        nodes = await self.batcher.lookup(uids)
         by_node: dict[str, list[str]] = {}
         for uid, access_nodes in nodes.items():
             for node in access_nodes:

@@ -49,3 +49,23 @@ async def test_unreachable_route_fails_within_the_deadline():
         assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     finally:
         await client.close()
+
+
+async def test_lookups_of_one_loop_turn_share_one_grpc_call():
+    import asyncio
+
+    from im_runtime.cluster.dispatch import LookupBatcher
+
+    stores = memory_stores()
+    server, port = await start_grpc(RouteService(TokenSigner(b"k" * 32), stores.sessions), "127.0.0.1", 0)
+    client = RouteClient(f"127.0.0.1:{port}", timeout=3)
+    try:
+        await stores.sessions.bind("alice", "a1", 1, "")
+        await stores.sessions.bind("bob", "a2", 2, "")
+        batcher = LookupBatcher(client)
+        results = await asyncio.gather(batcher.lookup(["alice"]), batcher.lookup(["bob", "carol"]), batcher.lookup(["carol"]))
+        assert results == [{"alice": ["a1"]}, {"bob": ["a2"]}, {}]
+        assert batcher.calls == 1
+    finally:
+        await client.close()
+        await server.stop(None)
