@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 export IMSTACK_TOOLS ?= $(HOME)/.cache/imstack/tools
 
-.PHONY: run test venv setup-test-deps proto check-proto clean
+.PHONY: run test venv setup-test-deps proto check-proto clean images
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,8 @@ cluster-up: venv
 
 cluster-down: venv
 	$(VENV)/bin/imstack cluster down --dir .cluster
+
+# The four container images (access, dispatch, route, operator); see docs/deploy.md.
+# Variables: BASE_IMAGE (default python:3.11-slim), IMAGE_REPO, IMAGE_TAG, IMAGES.
+images:
+	bash scripts/tools/build-images.sh

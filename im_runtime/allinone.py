@@ -75,6 +75,11 @@ class AllInOne:
         self.dispatch = DispatchService(self.stores, make_ids(s, self.stores), self.node)
         self.node.upstream = LocalUpstream(self.route, self.dispatch, "local")
         self.node.start()
+        total_backlog = getattr(self.stores.offline, "total_backlog", None)
+        if total_backlog is not None:
+            from im_runtime import metrics
+
+            metrics.OFFLINE_BACKLOG.set_function(total_backlog)
         ssl_ctx = server_ssl_context(s.tls_cert, s.tls_key) if s.tls else None
         self.tcp = TcpGateway(self.node, s.host, s.tcp_port, ssl_context=ssl_ctx, max_body=s.max_body)
         await self.tcp.start()

@@ -89,19 +89,19 @@ class AccessNode:
         conn_id = next(self._ids)
         self.connections[conn_id] = conn
         self._kinds[conn.kind] = self._kinds.get(conn.kind, 0) + 1
-        metrics.CONNECTIONS.labels(conn.kind).inc()
+        metrics.connections(conn.kind).inc()
         return conn_id
 
     def bound(self, conn: GatewayConnection) -> None:
         """The connection authenticated: it now receives the user's pushes."""
         self.by_uid.setdefault(conn.uid, set()).add(conn)  # type: ignore[arg-type]
-        metrics.AUTHENTICATED.labels(conn.kind).inc()
+        metrics.authenticated(conn.kind).inc()
 
     def lost(self, conn: GatewayConnection) -> None:
         if self.connections.pop(conn.conn_id, None) is None:
             return
         self._kinds[conn.kind] -= 1
-        metrics.CONNECTIONS.labels(conn.kind).dec()
+        metrics.connections(conn.kind).dec()
         uid = conn.uid
         if uid is not None:
             conns = self.by_uid.get(uid)
@@ -109,7 +109,7 @@ class AccessNode:
                 conns.discard(conn)
                 if not conns:
                     del self.by_uid[uid]
-            metrics.AUTHENTICATED.labels(conn.kind).dec()
+            metrics.authenticated(conn.kind).dec()
             # S9: the session ends at once; messages for the user wait offline.
             asyncio.get_running_loop().create_task(self._unbind(uid, conn.conn_id))
 

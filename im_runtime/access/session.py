@@ -103,7 +103,8 @@ class GatewayConnection:
             self.close()
             return
         self._write(data)
-        metrics.FRAMES_OUT.labels(self.kind).inc()
+        out = metrics.HOT.frames_out
+        out[self.kind] = out.get(self.kind, 0) + 1
 
     def kick(self, code: int, message: str, host: str = "", port: int = 0, *, reason: str = "kick") -> None:
         if self.core.state is ConnState.CLOSED:
@@ -119,7 +120,8 @@ class GatewayConnection:
         if not events:
             return
         self.last_seen = asyncio.get_running_loop().time()
-        metrics.FRAMES_IN.labels(self.kind).inc(len(events))
+        counts = metrics.HOT.frames_in
+        counts[self.kind] = counts.get(self.kind, 0) + len(events)
         inbox = self._inbox
         if inbox is None:
             inbox = self._inbox = deque()

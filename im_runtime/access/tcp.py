@@ -18,12 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class TcpConnection(GatewayConnection, asyncio.Protocol):
+    """Frames written during one loop iteration leave in one write (one syscall): a fan-out
+    or a pipelined burst costs one send() per connection, not one per frame."""
+
     kind = "tcp"
-    __slots__ = ("transport",)
+    __slots__ = ("transport", "_out", "_out_bytes")
 
     def __init__(self, node: AccessNode, *, max_body: int) -> None:
         GatewayConnection.__init__(self, node, max_body=max_body)
         self.transport: asyncio.Transport | None = None
+        self._out: list[bytes] | None = None
+        self._out_bytes = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -45,14 +50,26 @@ class TcpConnection(GatewayConnection, asyncio.Protocol):
 
     # GatewayConnection hooks
     def _write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        if self.transport is None:
+            return
+        if self._out is None:
+            self._out = [data]
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._out.append(data)
+        self._out_bytes += len(data)
+
+    def _flush(self) -> None:
+        out, self._out, self._out_bytes = self._out, None, 0
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return self.transport.get_write_buffer_size() + self._out_bytes if self.transport is not None else 0
 
     def _close_transport(self) -> None:
         if self.transport is not None:
+            self._flush()
             if self._write_buffer_size() > self.node.max_write_buffer:
                 self.transport.abort()  # a slow reader gets no more bytes
             else:

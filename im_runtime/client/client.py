@@ -105,6 +105,7 @@ class ImClient:
         self._closing = False
         self._kick_target: tuple[str, int] | None = None
         self._pull_lock = asyncio.Lock()
+        self._pull_queued = False
         self._supervisor: asyncio.Task | None = None
 
     # ---- connection lifecycle ---------------------------------------------------------
@@ -224,7 +225,10 @@ class ImClient:
             self._ack(message.message_id)
         elif request_type == RequestType.PULL_NOTIFY:
             self.notices.put_nowait((request_type, message))
-            self._spawn(self.pull_offline())
+            # Coalesced: a burst of notifies costs one pull in flight plus at most one after it.
+            if not self._pull_queued:
+                self._pull_queued = True
+                self._spawn(self._pull_on_notify())
         elif request_type == RequestType.KICK:
             assert isinstance(message, pb.Kick)
             self.notices.put_nowait((request_type, message))
@@ -253,27 +257,35 @@ class ImClient:
         except ConnectionClosed:
             pass
 
-    async def pull_offline(self) -> int:
-        """Pulls every waiting message (paged), hands them over in order, acks them."""
+    async def _pull_on_notify(self) -> None:
         async with self._pull_lock:
-            conn = self._conn
-            if conn is None:
-                return 0
-            cursor, total = 0, 0
-            while True:
-                resp = await conn.request(RequestType.PULL_OFFLINE_REQ, pb.PullOfflineRequest(cursor=cursor, limit=200))
-                assert isinstance(resp, pb.PullOfflineResponse)
-                now = time.monotonic()
-                ids = []
-                for message in resp.messages:
-                    self._deliver(self.timeline.offer(message, now))
-                    ids.append(message.message_id)
-                if ids:
-                    conn.write(RequestType.PUSH_ACK, pb.PushAck(message_ids=ids))
-                total += len(ids)
-                if not resp.has_more or resp.next_cursor == cursor:
-                    return total
-                cursor = resp.next_cursor
+            self._pull_queued = False
+            await self._pull_pages()
+
+    async def pull_offline(self) -> int:
+        async with self._pull_lock:
+            return await self._pull_pages()
+
+    async def _pull_pages(self) -> int:
+        """Pulls every waiting message (paged), hands them over in order, acks them."""
+        conn = self._conn
+        if conn is None:
+            return 0
+        cursor, total = 0, 0
+        while True:
+            resp = await conn.request(RequestType.PULL_OFFLINE_REQ, pb.PullOfflineRequest(cursor=cursor, limit=200))
+            assert isinstance(resp, pb.PullOfflineResponse)
+            now = time.monotonic()
+            ids = []
+            for message in resp.messages:
+                self._deliver(self.timeline.offer(message, now))
+                ids.append(message.message_id)
+            if ids:
+                conn.write(RequestType.PUSH_ACK, pb.PushAck(message_ids=ids))
+            total += len(ids)
+            if not resp.has_more or resp.next_cursor == cursor:
+                return total
+            cursor = resp.next_cursor
 
     async def _gap_filler(self) -> None:
         while True:

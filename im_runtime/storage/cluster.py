@@ -12,6 +12,8 @@ returning; `Stores.close()` closes both pools.
 """
 from __future__ import annotations
 
+import os
+
 from im_runtime.storage.interfaces import Stores
 from im_runtime.storage.mongo_store import (
     MongoGroupStore,
@@ -20,7 +22,7 @@ from im_runtime.storage.mongo_store import (
     MongoSeqFloor,
     ensure_indexes,
 )
-from im_runtime.storage.pools import check_eviction_policy, mongo_client, redis_client
+from im_runtime.storage.pools import AutoPipeline, check_eviction_policy, mongo_client, redis_client
 from im_runtime.storage.redis_store import (
     RedisDedupStore,
     RedisGroupCache,
@@ -37,8 +39,11 @@ class _Pools:
     def __init__(self, redis, mongo) -> None:
         self.redis = redis
         self.mongo = mongo
+        self.pipe: AutoPipeline | None = None
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
         await self.redis.aclose(close_connection_pool=True)
         await self.mongo.close()
 
@@ -79,13 +84,26 @@ async def cluster_stores(
         await pools.close()
         raise
     messages = MongoMessageStore(db)
+    pipe = AutoPipeline(redis, redis_url)  # one pipelined path for every Redis store of this process
+    pools.pipe = pipe
     return Stores(
-        sessions=RedisSessionStore(redis),
-        offline=RedisOfflineStore(redis),
-        sequences=RedisSequenceStore(redis, MongoSeqFloor(db, messages), block=seq_block),
+        sessions=RedisSessionStore(pipe),
+        offline=RedisOfflineStore(pipe),
+        sequences=RedisSequenceStore(pipe, MongoSeqFloor(db, messages), block=seq_block),
         messages=messages,
-        dedup=RedisDedupStore(redis, ttl_s=dedup_ttl_s, pending_ttl_s=dedup_pending_ttl_s),
-        groups=MongoGroupStore(db, RedisGroupCache(redis)),
-        reads=RedisReadStore(redis),
+        dedup=RedisDedupStore(pipe, ttl_s=dedup_ttl_s, pending_ttl_s=dedup_pending_ttl_s),
+        groups=MongoGroupStore(db, RedisGroupCache(pipe)),
+        reads=RedisReadStore(pipe),
         segments=_ClosingSegments(db, pools),
+    )
+
+
+async def cluster_stores_from_env(**options) -> Stores:
+    """cluster_stores with the addresses of docs/contracts.md (IMSTACK_REDIS_URL,
+    IMSTACK_MONGO_URL, IMSTACK_MONGO_DB) and their defaults."""
+    return await cluster_stores(
+        os.environ.get("IMSTACK_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        os.environ.get("IMSTACK_MONGO_URL", "mongodb://127.0.0.1:27017"),
+        os.environ.get("IMSTACK_MONGO_DB", "imstack"),
+        **options,
     )

@@ -19,15 +19,20 @@ import asyncio
 from typing import Iterable
 
 from bson import Binary
+from prometheus_client import Counter
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.storage.redis_store import RedisGroupCache
 
 _MAX_ID = 2**63 - 1
+
+MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message documents written (batched)")
+MESSAGE_BATCHES = Counter("imstack_mongo_message_batches_total", "insert_many batches of message documents")
+MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)")
 
 
 def message_key(conversation_id: str, message_id: int) -> str:
@@ -98,8 +103,19 @@ class Chain:
 
 
 class MongoMessageStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    """Saves are coalesced: concurrent save() calls queue their documents and one flusher
+    writes everything queued with one unordered insert_many (one round trip and, on FerretDB's
+    SQLite, one transaction per batch), so the batch grows with the load while a lone save
+    still costs a single round trip. Each caller returns only after its document is stored
+    (S11: the sender is acked after persistence); a duplicate counts as stored."""
+
+    def __init__(self, db: AsyncDatabase, *, max_batch: int = 500, max_in_flight: int = 2) -> None:
         self._c = db.messages
+        self._queue: list[tuple[dict, asyncio.Future]] = []
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._flushers: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
     async def save(self, message: pb.Message) -> None:
         doc = {
@@ -110,10 +126,42 @@ class MongoMessageStore:
             "t": int(message.server_time),
             "b": Binary(message.SerializeToString()),
         }
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((doc, future))
+        if self._in_flight < self._max_in_flight:
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        await future
+
+    async def _flush(self) -> None:
         try:
-            await self._c.insert_one(doc)
-        except DuplicateKeyError:
-            pass  # idempotent per (conversation_id, seq) and per message id
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                failed: dict[int, Exception] = {}
+                MESSAGE_BATCHES.inc()
+                MESSAGES_SAVED.inc(len(batch))
+                try:
+                    await self._c.insert_many([doc for doc, _ in batch], ordered=False)
+                except BulkWriteError as exc:
+                    for error in exc.details.get("writeErrors", []):
+                        if error.get("code") != 11000:  # duplicates are idempotent successes
+                            failed[error["index"]] = OperationFailure(error.get("errmsg", "write error"), error.get("code"))
+                except Exception as exc:  # the whole batch failed (connection, timeout)
+                    failed = dict.fromkeys(range(len(batch)), exc)
+                if failed:
+                    MESSAGE_SAVE_ERRORS.inc(len(failed))
+                for i, (_, future) in enumerate(batch):
+                    if future.done():
+                        continue
+                    if i in failed:
+                        future.set_exception(failed[i])
+                    else:
+                        future.set_result(None)
+        finally:
+            self._in_flight -= 1
 
     async def range(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False

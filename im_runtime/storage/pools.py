@@ -9,9 +9,26 @@ so a Redis that may evict keys would drop them silently. We refuse to start on o
 """
 from __future__ import annotations
 
+import asyncio
+import socket
+import ssl
+from collections import deque
+from urllib.parse import parse_qs, unquote, urlparse
+
+import hiredis
+
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from pymongo import AsyncMongoClient
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
+
+
+# Batch-level metrics (cheap: one update per write, not per command). The ratio
+# commands/writes is the average pipeline depth.
+REDIS_COMMANDS = Counter("imstack_redis_pipeline_commands_total", "Commands sent on the pipelined Redis connections")
+REDIS_WRITES = Counter("imstack_redis_pipeline_writes_total", "Socket writes carrying those commands")
+REDIS_CONNECTS = Counter("imstack_redis_pipeline_connects_total", "Pipelined Redis connections opened")
+REDIS_LOST = Counter("imstack_redis_pipeline_connections_lost_total", "Pipelined Redis connections lost")
 
 
 class EvictionPolicyError(RuntimeError):
@@ -68,3 +85,162 @@ async def check_eviction_policy(client: aioredis.Redis) -> None:
             f"Redis maxmemory-policy is {policy!r}: it may evict offline messages silently (S10). "
             "Set `maxmemory-policy noeviction` (and size maxmemory for the offline backlog) before starting imstack."
         )
+
+
+class _RespProtocol(asyncio.Protocol):
+    """One pipelined Redis connection: commands are packed by hiredis (C), written once per
+    event-loop turn, and replies (parsed by hiredis) resolve the waiting futures in order."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self._waiting: deque[asyncio.Future] = deque()
+        self._out: list[bytes] = []
+        self._write_scheduled = False
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(ConnectionError(f"Redis protocol error: {exc}"))
+                self.transport.close()
+                return
+            if reply is False:
+                return
+            future = self._waiting.popleft()
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                message = str(reply)
+                future.set_exception(NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        REDIS_LOST.inc()
+        self._fail(ConnectionError(f"Redis connection lost: {exc or 'closed by the server'}"))
+
+    def _fail(self, exc: Exception) -> None:
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    def send(self, args: tuple, future: asyncio.Future) -> None:
+        if self.lost:
+            future.set_exception(ConnectionError("Redis connection lost"))
+            return
+        self._out.append(hiredis.pack_command(args))
+        self._waiting.append(future)
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write)
+
+    def _write(self) -> None:
+        self._write_scheduled = False
+        if self._out and not self.lost:
+            REDIS_COMMANDS.inc(len(self._out))
+            REDIS_WRITES.inc()
+            data = b"".join(self._out)
+            self._out.clear()
+            self.transport.write(data)
+
+
+class AutoPipeline:
+    """The hot path to Redis: every store call of a process goes through here, pipelined.
+
+    A dispatch node has hundreds of store calls in flight. Through redis-py each one costs a
+    pool checkout, Python-side command packing and its own round trip; here commands from all
+    concurrent callers are packed by hiredis and written together once per event-loop turn on
+    a few long-lived connections, and replies come back in order. Measured on this 2-core
+    machine: about 5x the throughput of direct redis-py calls. An idle caller still waits one
+    round trip. `client` (redis-py) stays for everything else (scripts loading, admin, checks).
+
+    Lua scripts go as EVALSHA; a NOSCRIPT reply (Redis restarted and lost its script cache)
+    loads the script and retries that call. A lost connection fails the calls in flight on it
+    (the caller decides whether to retry) and is replaced on the next call.
+    """
+
+    def __init__(self, client: aioredis.Redis, url: str, *, connections: int = 2) -> None:
+        self.client = client
+        parsed = urlparse(url)
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r} (redis:// or rediss://)")
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or 6379
+        self._ssl = ssl.create_default_context() if parsed.scheme == "rediss" else None
+        self._username = unquote(parsed.username) if parsed.username else None
+        self._password = unquote(parsed.password) if parsed.password else None
+        db = (parsed.path or "/").lstrip("/") or parse_qs(parsed.query).get("db", ["0"])[0]
+        self._db = int(db or 0)
+        self._conns: list[_RespProtocol | None] = [None] * connections
+        self._connecting: list[asyncio.Lock] = [asyncio.Lock() for _ in range(connections)]
+        self._next = 0
+
+    async def _connection(self, slot: int) -> _RespProtocol:
+        conn = self._conns[slot]
+        if conn is not None and not conn.lost:
+            return conn
+        async with self._connecting[slot]:
+            conn = self._conns[slot]
+            if conn is not None and not conn.lost:
+                return conn
+            loop = asyncio.get_running_loop()
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(_RespProtocol, self._host, self._port, ssl=self._ssl), timeout=10
+            )
+            REDIS_CONNECTS.inc()
+            hello = []
+            if self._password is not None:
+                hello.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
+            if self._db:
+                hello.append(("SELECT", self._db))
+            for args in hello:
+                future = loop.create_future()
+                conn.send(args, future)
+                await asyncio.wait_for(future, timeout=10)
+            self._conns[slot] = conn
+            return conn
+
+    def call(self, *args) -> asyncio.Future:
+        """Sends one command; the returned future holds its raw reply (bytes, int, list, None).
+
+        A plain function returning a future (not a coroutine), so store methods can gather
+        several commands without creating a Task for each."""
+        slot = self._next
+        self._next = (slot + 1) % len(self._conns)
+        conn = self._conns[slot]
+        if conn is None or conn.lost:
+            return asyncio.ensure_future(self._call_connecting(slot, args))
+        future = asyncio.get_running_loop().create_future()
+        conn.send(args, future)
+        return future
+
+    async def _call_connecting(self, slot: int, args: tuple):
+        conn = await self._connection(slot)
+        future = asyncio.get_running_loop().create_future()
+        conn.send(args, future)
+        return await future
+
+    async def script(self, script, keys: list, args: list):
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(script.script)
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        for conn in self._conns:
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+        self._conns = [None] * len(self._conns)

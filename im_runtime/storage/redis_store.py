@@ -6,8 +6,9 @@ Design (docs/storage.md has the full key table):
   keys spread over the cluster (S10) while all keys of one user (offline queue, its index and
   pending counts) or one conversation share a slot; each Lua script touches one slot only.
 - One round trip per store call: a single command, a Lua script where a step must be atomic
-  (offline add/ack, seq counter, de-dup claim, max-only read position), or a pipeline where
-  keys live in different slots (sessions, read positions).
+  (offline add/ack, seq counter, de-dup claim, max-only read position), or a few commands sent
+  together where keys live in different slots (sessions, read positions). Everything goes
+  through the process's shared pools.AutoPipeline, which pipelines concurrent calls.
 - Offline score (S10, S18) = max(server_time_ms * 1000, last score of that user + 1): close to
   the message time, strictly increasing per user so ties keep insertion order and never wrap,
   exact in a double until the year 2255. The score is the cursor handed to clients.
@@ -23,10 +24,9 @@ import hashlib
 import json
 from typing import Iterable, Protocol
 
-import redis.asyncio as aioredis
-
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.storage.interfaces import Claim, ClaimState
+from im_runtime.storage.pools import AutoPipeline
 
 PREFIX = "im"
 
@@ -51,30 +51,27 @@ class RedisSessionStore:
     """`im:sess:{t}:<uid>` hash "node|conn_id" -> device_id; `im:node:{t}:<node>` set of
     "conn_id|uid" so drop_node finds a dead node's sessions without scanning."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._r = client
+    def __init__(self, pipe: AutoPipeline) -> None:
+        self._p = pipe
 
     async def bind(self, uid: str, node: str, conn_id: int, device_id: str) -> None:
-        async with self._r.pipeline(transaction=False) as p:
-            p.hset(_key("sess", uid), f"{node}|{conn_id}", device_id)
-            p.sadd(_key("node", node), f"{conn_id}|{uid}")
-            await p.execute()
+        await asyncio.gather(
+            self._p.call("HSET", _key("sess", uid), f"{node}|{conn_id}", device_id),
+            self._p.call("SADD", _key("node", node), f"{conn_id}|{uid}"),
+        )
 
     async def unbind(self, uid: str, node: str, conn_id: int) -> bool:
-        async with self._r.pipeline(transaction=False) as p:
-            p.hdel(_key("sess", uid), f"{node}|{conn_id}")
-            p.srem(_key("node", node), f"{conn_id}|{uid}")
-            removed, _ = await p.execute()
+        removed, _ = await asyncio.gather(
+            self._p.call("HDEL", _key("sess", uid), f"{node}|{conn_id}"),
+            self._p.call("SREM", _key("node", node), f"{conn_id}|{uid}"),
+        )
         return bool(removed)
 
     async def lookup(self, uids: Iterable[str]) -> dict[str, list[str]]:
         uids = list(dict.fromkeys(uids))
         if not uids:
             return {}
-        async with self._r.pipeline(transaction=False) as p:
-            for uid in uids:
-                p.hkeys(_key("sess", uid))
-            replies = await p.execute()
+        replies = await asyncio.gather(*(self._p.call("HKEYS", _key("sess", uid)) for uid in uids))
         found: dict[str, list[str]] = {}
         for uid, fields in zip(uids, replies):
             if fields:
@@ -83,15 +80,14 @@ class RedisSessionStore:
 
     async def drop_node(self, node: str) -> int:
         node_key = _key("node", node)
-        entries = await self._r.smembers(node_key)
+        entries = list(await self._p.call("SMEMBERS", node_key))
         if not entries:
             return 0
         pairs = [_s(e).split("|", 1) for e in entries]
-        async with self._r.pipeline(transaction=False) as p:
-            for conn_id, uid in pairs:
-                p.hdel(_key("sess", uid), f"{node}|{conn_id}")
-            p.srem(node_key, *entries)
-            replies = await p.execute()
+        replies = await asyncio.gather(
+            *(self._p.call("HDEL", _key("sess", uid), f"{node}|{conn_id}") for conn_id, uid in pairs),
+            self._p.call("SREM", node_key, *entries),
+        )
         return sum(replies[:-1])
 
 
@@ -138,10 +134,10 @@ class RedisOfflineStore:
     id), `im:offp` hash conversation -> pending count, `im:offl` last score handed out (kept
     after the queue empties, so cursors keep growing)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._r = client
-        self._add = client.register_script(_OFFLINE_ADD)
-        self._ack = client.register_script(_OFFLINE_ACK)
+    def __init__(self, pipe: AutoPipeline) -> None:
+        self._p = pipe
+        self._add = pipe.client.register_script(_OFFLINE_ADD)
+        self._ack = pipe.client.register_script(_OFFLINE_ACK)
 
     @staticmethod
     def _keys(uid: str) -> list[str]:
@@ -150,32 +146,35 @@ class RedisOfflineStore:
     async def add(self, uid: str, message: pb.Message) -> int:
         server_ms = max(0, message.server_time)  # no time given: the per-user +1 keeps the order
         return int(
-            await self._add(
-                keys=self._keys(uid),
-                args=[message.message_id, message.SerializeToString(), message.conversation_id, server_ms],
+            await self._p.script(
+                self._add, self._keys(uid), [message.message_id, message.SerializeToString(), message.conversation_id, server_ms]
             )
         )
 
     async def pull(self, uid: str, cursor: int, limit: int) -> tuple[list[pb.Message], bool, int]:
         if limit <= 0:
-            return [], await self._r.zcount(_key("off", uid), f"({int(cursor)}", "+inf") > 0, cursor
-        rows = await self._r.zrange(
-            _key("off", uid), f"({int(cursor)}", "+inf", byscore=True, offset=0, num=limit + 1, withscores=True
+            return [], await self._p.call("ZCOUNT", _key("off", uid), f"({int(cursor)}", "+inf") > 0, cursor
+        flat = await self._p.call(
+            "ZRANGE", _key("off", uid), f"({int(cursor)}", "+inf", "BYSCORE", "LIMIT", 0, limit + 1, "WITHSCORES"
         )
+        if flat and isinstance(flat[0], (list, tuple)):  # redis-py already paired them
+            rows = [(m, sc) for m, sc in flat]
+        else:
+            rows = list(zip(flat[0::2], flat[1::2]))  # (member, score) pairs
         has_more = len(rows) > limit
         rows = rows[:limit]
         messages = [pb.Message.FromString(raw) for raw, _ in rows]
-        next_cursor = int(rows[-1][1]) if rows else cursor
+        next_cursor = int(float(rows[-1][1])) if rows else cursor
         return messages, has_more, next_cursor
 
     async def ack(self, uid: str, message_ids: Iterable[int]) -> int:
         ids = [int(m) for m in dict.fromkeys(message_ids)]
         if not ids:
             return 0
-        return int(await self._ack(keys=self._keys(uid)[:3], args=ids))
+        return int(await self._p.script(self._ack, self._keys(uid)[:3], ids))
 
     async def backlog(self, uid: str) -> int:
-        return int(await self._r.hlen(_key("offi", uid)))
+        return int(await self._p.call("HLEN", _key("offi", uid)))
 
 
 # --------------------------------------------------------------------------- sequences (S11, S12)
@@ -203,8 +202,10 @@ if c < tonumber(v[2]) then return {1, redis.call('HINCRBY', KEYS[1], 'c', 1)} en
 return {0, c}
 """
 
-# KEYS: counter hash; ARGV: floor (restart point when the counter is lost), mark
-# Raises c to the floor and m to the mark (both max-only), then hands out one seq if it can.
+# KEYS: counter hash; ARGV: floor (restart point when the counter is lost), mark, recovering
+# Raises m to the mark (max-only); recreates a lost counter at the floor only when the caller
+# computed that floor from MongoDB (recovering = 1): a floor read from Redis before a loss may
+# be below seqs another node handed out since. Then hands out one seq if it can.
 _SEQ_INSTALL = """
 local v = redis.call('HMGET', KEYS[1], 'c', 'm')
 local c = tonumber(v[1] or '0')
@@ -212,6 +213,7 @@ local m = tonumber(v[2] or '0')
 local floor = tonumber(ARGV[1])
 local mark = tonumber(ARGV[2])
 if not v[1] or not v[2] then
+  if ARGV[3] ~= '1' then return {-1, 0} end
   if c < floor then c = floor end
 end
 if mark > m then m = mark end
@@ -223,29 +225,34 @@ return {0, c}
 
 class RedisSequenceStore:
     """`im:seq:{t}:<conversation>` hash {c, m}. INCR-speed in the common case (one Lua call);
-    every `block` seqs one MongoDB findOneAndUpdate raises the reserved mark."""
+    every `block` seqs one MongoDB chain step (mongo_store.Chain) raises the reserved mark."""
 
-    def __init__(self, client: aioredis.Redis, floor: SeqFloor, *, block: int = 100) -> None:
-        self._r = client
+    def __init__(self, pipe: AutoPipeline, floor: SeqFloor, *, block: int = 100) -> None:
+        self._p = pipe
         self._floor = floor
         self._block = block
-        self._next = client.register_script(_SEQ_NEXT)
-        self._install = client.register_script(_SEQ_INSTALL)
-        self._slow: dict[str, asyncio.Lock] = {}  # single flight per conversation for the slow path
+        self._next = pipe.client.register_script(_SEQ_NEXT)
+        self._install = pipe.client.register_script(_SEQ_INSTALL)
+        # single flight per conversation for the slow path: lock and how many callers use it
+        self._slow: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def next_seq(self, conversation_id: str) -> int:
         key = _key("seq", conversation_id)
-        status, value = await self._next(keys=[key])
+        status, value = await self._p.script(self._next, [key], [])
         if status == 1:
             return int(value)
-        lock = self._slow.setdefault(conversation_id, asyncio.Lock())
+        lock, users = self._slow.get(conversation_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._slow[conversation_id] = (lock, users + 1)
         try:
             async with lock:
                 for _attempt in range(8):
-                    status, value = await self._next(keys=[key])  # another caller may have refilled
+                    status, value = await self._p.script(self._next, [key], [])  # another caller may have refilled
                     if status == 1:
                         return int(value)
-                    if status == -1:  # counter lost: restart above everything ever handed out
+                    recovering = status == -1
+                    if recovering:  # counter lost: restart above everything ever handed out
                         reserved, stored = await asyncio.gather(
                             self._floor.reserved(conversation_id), self._floor.stored_max(conversation_id)
                         )
@@ -253,22 +260,22 @@ class RedisSequenceStore:
                     else:
                         floor = int(value)
                     mark = await self._floor.reserve(conversation_id, floor + self._block)
-                    status, value = await self._install(keys=[key], args=[floor, mark])
+                    status, value = await self._p.script(self._install, [key], [floor, mark, 1 if recovering else 0])
                     if status == 1:
                         return int(value)
                 raise RuntimeError(f"seq counter for {conversation_id!r} could not be refilled")
         finally:
-            if not lock.locked() and self._slow.get(conversation_id) is lock:
+            lock, users = self._slow[conversation_id]
+            if users == 1:
                 del self._slow[conversation_id]
+            else:
+                self._slow[conversation_id] = (lock, users - 1)
 
     async def latest_seqs(self, conversation_ids: Iterable[str]) -> dict[str, int]:
         convs = list(dict.fromkeys(conversation_ids))
         if not convs:
             return {}
-        async with self._r.pipeline(transaction=False) as p:
-            for conv in convs:
-                p.hget(_key("seq", conv), "c")
-            replies = await p.execute()
+        replies = await asyncio.gather(*(self._p.call("HGET", _key("seq", conv), "c") for conv in convs))
         result = {c: int(v) for c, v in zip(convs, replies) if v is not None}
         lost = [c for c in convs if c not in result]
         if lost:  # no counter (never used, or lost with Redis): the stored messages know
@@ -278,8 +285,7 @@ class RedisSequenceStore:
 
 # --------------------------------------------------------------------------- de-dup (S12, S15)
 
-_PENDING = b"p"
-_DONE = b"d"
+_DONE = b"d"  # value prefix of a completed claim; a pending one is just b"p"
 
 # KEYS: claim key; ARGV: pending ttl ms. Returns 1 (new) or the stored value.
 _DEDUP_CLAIM = """
@@ -299,18 +305,18 @@ class RedisDedupStore:
     A pending claim lives `pending_ttl_s` (a crashed sender's claim frees itself quickly so a
     retry can go through); a completed one lives `ttl_s`."""
 
-    def __init__(self, client: aioredis.Redis, *, ttl_s: float = 24 * 3600, pending_ttl_s: float | None = None) -> None:
-        self._r = client
+    def __init__(self, pipe: AutoPipeline, *, ttl_s: float = 24 * 3600, pending_ttl_s: float | None = None) -> None:
+        self._p = pipe
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._pending_ttl_ms = max(1, int((pending_ttl_s if pending_ttl_s is not None else min(ttl_s, 120)) * 1000))
-        self._claim = client.register_script(_DEDUP_CLAIM)
+        self._claim = pipe.client.register_script(_DEDUP_CLAIM)
 
     @staticmethod
     def _k(sender: str, message_id: int) -> str:
         return f"{PREFIX}:dd:{{{tag(sender)}}}:{sender}:{int(message_id)}"
 
     async def claim(self, sender: str, message_id: int) -> Claim:
-        value = await self._claim(keys=[self._k(sender, message_id)], args=[self._pending_ttl_ms])
+        value = await self._p.script(self._claim, [self._k(sender, message_id)], [self._pending_ttl_ms])
         if value == 1:
             return Claim(ClaimState.NEW)
         if value[:1] == _DONE:
@@ -318,10 +324,10 @@ class RedisDedupStore:
         return Claim(ClaimState.PENDING)
 
     async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
-        await self._r.set(self._k(sender, message_id), _DONE + ack.SerializeToString(), px=self._ttl_ms)
+        await self._p.call("SET", self._k(sender, message_id), _DONE + ack.SerializeToString(), "PX", self._ttl_ms)
 
     async def release(self, sender: str, message_id: int) -> None:
-        await self._r.delete(self._k(sender, message_id))
+        await self._p.call("DEL", self._k(sender, message_id))
 
 
 # --------------------------------------------------------------------------- read positions (S13, S14)
@@ -343,30 +349,34 @@ class RedisReadStore:
     `im:rdc:{t(conv)}:<conv>` hash uid -> read seq. Both only grow (Lua max), so the two
     copies agree whatever order concurrent advances land in."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._r = client
-        self._max = client.register_script(_MAX_FIELD)
+    def __init__(self, pipe: AutoPipeline) -> None:
+        self._p = pipe
+        self._max = pipe.client.register_script(_MAX_FIELD)
 
     async def join(self, uid: str, conversation_id: str, read_seq: int = 0) -> None:
-        async with self._r.pipeline(transaction=False) as p:
-            p.hsetnx(_key("rdu", uid), conversation_id, int(read_seq))
-            p.hsetnx(_key("rdc", conversation_id), uid, int(read_seq))
-            await p.execute()
+        await asyncio.gather(
+            self._p.call("HSETNX", _key("rdu", uid), conversation_id, int(read_seq)),
+            self._p.call("HSETNX", _key("rdc", conversation_id), uid, int(read_seq)),
+        )
 
     async def advance(self, uid: str, conversation_id: str, seq: int) -> int:
-        async with self._r.pipeline(transaction=False) as p:
-            await self._max(keys=[_key("rdu", uid)], args=[conversation_id, int(seq)], client=p)
-            await self._max(keys=[_key("rdc", conversation_id)], args=[uid, int(seq)], client=p)
-            mine, _ = await p.execute()
+        mine, _ = await asyncio.gather(
+            self._p.script(self._max, [_key("rdu", uid)], [conversation_id, int(seq)]),
+            self._p.script(self._max, [_key("rdc", conversation_id)], [uid, int(seq)]),
+        )
         return int(mine)
 
     async def positions(self, conversation_id: str) -> dict[str, int]:
-        raw = await self._r.hgetall(_key("rdc", conversation_id))
-        return {_s(k): int(v) for k, v in raw.items()}
+        return _int_hash(await self._p.call("HGETALL", _key("rdc", conversation_id)))
 
     async def conversations(self, uid: str) -> dict[str, int]:
-        raw = await self._r.hgetall(_key("rdu", uid))
+        return _int_hash(await self._p.call("HGETALL", _key("rdu", uid)))
+
+
+def _int_hash(raw) -> dict[str, int]:
+    if isinstance(raw, dict):
         return {_s(k): int(v) for k, v in raw.items()}
+    return {_s(k): int(v) for k, v in zip(raw[0::2], raw[1::2])}
 
 
 # --------------------------------------------------------------------------- group cache
@@ -397,19 +407,19 @@ class RedisGroupCache:
     that loaded before a write either stores before the bump (which then drops it) or is
     refused: a stale member list never outlives a write."""
 
-    def __init__(self, client: aioredis.Redis, *, ttl_s: float = 3600) -> None:
-        self._r = client
+    def __init__(self, pipe: AutoPipeline, *, ttl_s: float = 3600) -> None:
+        self._p = pipe
         self._ttl_ms = int(ttl_s * 1000)
-        self._put = client.register_script(_GROUP_PUT)
-        self._invalidate = client.register_script(_GROUP_INVALIDATE)
+        self._put = pipe.client.register_script(_GROUP_PUT)
+        self._invalidate = pipe.client.register_script(_GROUP_INVALIDATE)
 
     async def get(self, group_id: str) -> tuple[frozenset[str] | None, str]:
         """(members or None on a miss, the version to hand back to put)."""
-        raw, version = await self._r.hmget(_key("grp", group_id), ["m", "v"])
+        raw, version = await self._p.call("HMGET", _key("grp", group_id), "m", "v")
         return (None if raw is None else frozenset(json.loads(raw))), ("" if version is None else _s(version))
 
     async def put(self, group_id: str, version: str, members: Iterable[str]) -> None:
-        await self._put(keys=[_key("grp", group_id)], args=[version, json.dumps(sorted(members)), self._ttl_ms])
+        await self._p.script(self._put, [_key("grp", group_id)], [version, json.dumps(sorted(members)), self._ttl_ms])
 
     async def invalidate(self, group_id: str) -> None:
-        await self._invalidate(keys=[_key("grp", group_id)], args=[self._ttl_ms])
+        await self._p.script(self._invalidate, [_key("grp", group_id)], [self._ttl_ms])

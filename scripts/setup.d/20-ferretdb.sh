@@ -6,18 +6,20 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 tools="${IMSTACK_TOOLS:-$HOME/.cache/imstack/tools}"
-want="v1.24.2"
+src="$here/tools/ferretdb"
+# Rebuild whenever the pinned sources change (FerretDB v1.24.2 today).
+want="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-16)"
 bin="$tools/bin/ferretdb"
-stamp="$tools/bin/.ferretdb-version"
+stamp="$tools/bin/.ferretdb-build"
 if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
 command -v go >/dev/null || { echo "20-ferretdb: Go toolchain not found (need go >= 1.22 on PATH)" >&2; exit 1; }
 mkdir -p "$tools/bin"
-echo "20-ferretdb: building FerretDB $want (a few minutes on 2 cores)..."
-cd "$here/tools/ferretdb"
+echo "20-ferretdb: building FerretDB (scripts/tools/ferretdb, a few minutes on 2 cores)..."
+cd "$src"
 tmp="$bin.tmp.$$"
-GOFLAGS="${GOFLAGS:-} -mod=mod" go build -trimpath -ldflags "-s -w" -o "$tmp" .
+GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -ldflags "-s -w" -o "$tmp" .
 mv -f "$tmp" "$bin"
 echo "$want" > "$stamp"
 "$bin" --version | head -3

@@ -118,3 +118,59 @@ def test_imstack_up_serves_and_prints_the_admin_key_once(tmp_path):
         proc.terminate()
         proc.wait(timeout=15)
     assert proc.returncode in (0, -15)
+
+
+def test_imstack_chat_talks_to_an_sdk_client():
+    """The terminal client: typed lines are sent, incoming messages are printed."""
+    from im_runtime.bench.stackproc import start_stack
+
+    stack = start_stack()
+    chat = None
+    try:
+        env = dict(os.environ, IMSTACK_ADMIN_KEY=stack.admin_key)
+        chat = subprocess.Popen(
+            [sys.executable, "-m", "im_runtime.cli", "chat", "alice", "--to", "bob", "--url", stack.http_url],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+        def read_until(needle: str, timeout: float = 20.0) -> str:
+            deadline = time.monotonic() + timeout
+            seen = []
+            while time.monotonic() < deadline:
+                line = chat.stdout.readline()
+                if not line:
+                    break
+                seen.append(line)
+                if needle in line:
+                    return line
+            raise AssertionError(f"{needle!r} not printed; got {seen!r}; stderr {chat.stderr.read() if chat.poll() is not None else ''}")
+
+        read_until("connected as alice")
+
+        async def bob_side():
+            from im_runtime.route.tokens import TokenSigner
+
+            bob = ImClient("bob", TokenSigner(stack.token_key.encode()).mint("bob").token, port=stack.tcp_port)
+            await bob.connect()
+            try:
+                chat.stdin.write("hello from the terminal\n")
+                chat.stdin.flush()
+                got = await bob.receive(15)
+                await bob.send("alice", "hello back")
+                return got
+            finally:
+                await bob.close()
+
+        got = asyncio.run(bob_side())
+        assert got.content == b"hello from the terminal" and getattr(got, "from") == "alice"
+        assert "bob: hello back" in read_until("hello back")
+        chat.stdin.write("/unread\n")
+        chat.stdin.flush()
+        assert "unread" in read_until("unread")
+        chat.stdin.write("/quit\n")
+        chat.stdin.flush()
+        assert chat.wait(timeout=15) == 0
+    finally:
+        if chat is not None and chat.poll() is None:
+            chat.kill()
+        stack.stop()

@@ -1,0 +1,173 @@
+"""Unit tests: spec -> manifests (pure, no server)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import yaml
+
+from im_operator import crd, manifests, spec as specmod
+
+OWNER = {"name": "im", "uid": "1234"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def children(raw: dict, *, access: int = 3, ws: int = 1) -> dict[tuple[str, str], dict]:
+    s = specmod.normalize(raw)
+    objs = manifests.desired_children(s, name="im", namespace="team", owner=OWNER, access_replicas=access, ws_replicas=ws)
+    return {(o["kind"], o["metadata"]["name"]): o for o in objs}
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_committed_crd_is_the_generated_one():
+    assert (ROOT / "crds/imcluster.yaml").read_text() == crd.render()
+
+
+def test_crd_is_structural_with_status_and_printer_columns():
+    c = crd.crd()
+    v = c["spec"]["versions"][0]
+    assert v["subresources"] == {"status": {}}
+    assert {col["name"] for col in v["additionalPrinterColumns"]} >= {"Ready", "Access", "Connections"}
+
+    def walk(s, path="$"):
+        # Structural: every node has a type, or preserves unknown fields, or is int-or-string.
+        assert "type" in s or s.get("x-kubernetes-int-or-string") or "anyOf" in s, path
+        for k, sub in s.get("properties", {}).items():
+            walk(sub, f"{path}.{k}")
+        if isinstance(s.get("items"), dict):
+            walk(s["items"], f"{path}[]")
+        if isinstance(s.get("additionalProperties"), dict):
+            walk(s["additionalProperties"], f"{path}{{}}")
+
+    walk(v["schema"]["openAPIV3Schema"])
+
+
+def test_defaults_make_a_full_stack_with_owner_references_and_labels():
+    objs = children({})
+    kinds = {k for k, _ in objs}
+    assert kinds == {"ConfigMap", "Service", "StatefulSet", "Deployment", "PodDisruptionBudget"}
+    for (kind, name), o in objs.items():
+        md = o["metadata"]
+        assert md["namespace"] == "team"
+        assert md["ownerReferences"] == [{"apiVersion": "imstack.io/v1alpha1", "kind": "ImCluster", "name": "im", "uid": "1234", "controller": True, "blockOwnerDeletion": True}], name
+        assert md["labels"]["app.kubernetes.io/instance"] == "im"
+    for comp in ("access", "ws-access", "dispatch", "route"):
+        assert ("Deployment", f"im-{comp}") in objs
+        assert ("PodDisruptionBudget", f"im-{comp}") in objs
+    for comp in ("zookeeper", "redis", "mongodb"):
+        assert ("StatefulSet", f"im-{comp}") in objs
+        hl = objs[("Service", f"im-{comp}-headless")]
+        assert hl["spec"]["clusterIP"] == "None" and hl["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_access_deployment_settings():
+    objs = children({"image": {"repository": "reg.example/imstack", "tag": "1.2.3", "pullPolicy": "Always"},
+                     "access": {"drainTimeoutSeconds": 45, "drainRatePerSecond": 50, "tlsSecretName": "im-tls",
+                                "service": {"type": "NodePort", "port": 7000, "nodePort": 31000},
+                                "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
+                                "nodeSelector": {"role": "edge"},
+                                "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}]}}, access=4)
+    dep = objs[("Deployment", "im-access")]
+    assert dep["spec"]["replicas"] == 4
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 45 + manifests.GRACE_MARGIN_S
+    assert pod["nodeSelector"] == {"role": "edge"}
+    assert pod["tolerations"][0]["key"] == "edge"
+    assert pod["volumes"] == [{"name": "tls", "secret": {"secretName": "im-tls"}}]
+    c = pod["containers"][0]
+    assert c["image"] == "reg.example/imstack/access:1.2.3" and c["imagePullPolicy"] == "Always"
+    assert c["command"] == ["imstack", "access"]
+    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "256Mi"}}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9090}
+    assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    env = env_of(c)
+    assert env["IMSTACK_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["IMSTACK_ADVERTISE_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["IMSTACK_TLS_CERT"]["value"].endswith("tls.crt") and env["IMSTACK_DRAIN_RATE"]["value"] == "50"
+    assert "IMSTACK_TOKEN_KEY" not in env  # keys only where the contract says (route)
+    svc = objs[("Service", "im-access")]
+    assert svc["spec"]["type"] == "NodePort"
+    assert svc["spec"]["ports"] == [{"name": "client", "port": 7000, "targetPort": 9000, "protocol": "TCP", "nodePort": 31000}]
+    ws = objs[("Deployment", "im-ws-access")]["spec"]["template"]["spec"]["containers"][0]
+    assert ws["command"] == ["imstack", "access", "--ws"] and ws["image"] == "reg.example/imstack/access:1.2.3"
+
+
+def test_route_gets_keys_from_secret_and_health_on_8080():
+    objs = children({"route": {"replicas": 3}})
+    dep = objs[("Deployment", "im-route")]
+    assert dep["spec"]["replicas"] == 3
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(c)
+    assert env["IMSTACK_TOKEN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "im-keys", "key": "tokenKey"}
+    assert env["IMSTACK_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "im-keys", "key": "adminKey"}
+    assert c["readinessProbe"]["httpGet"]["port"] == 8080
+    assert c["envFrom"] == [{"configMapRef": {"name": "im-config"}}]
+
+
+def test_managed_backends_config_and_statefulsets():
+    objs = children({"pvcRetention": "Delete", "zookeeper": {"managed": {"replicas": 5, "storage": {"size": "2Gi", "storageClassName": "fast"}}},
+                     "mongodb": {"managed": {"replicas": 3}}})
+    cm = objs[("ConfigMap", "im-config")]["data"]
+    zk_hosts = cm["IMSTACK_ZK"].split(",")
+    assert len(zk_hosts) == 5 and zk_hosts[0] == "im-zookeeper-0.im-zookeeper-headless.team.svc:2181"
+    assert cm["IMSTACK_REDIS_URL"] == "redis://im-redis-0.im-redis-headless.team.svc:6379/0"
+    assert cm["IMSTACK_MONGO_URL"].endswith("/?replicaSet=rs0") and cm["IMSTACK_MONGO_URL"].count("27017") == 3
+    assert cm["IMSTACK_ZK_ROOT"] == "/imstack/team-im"
+    zk = objs[("StatefulSet", "im-zookeeper")]["spec"]
+    assert zk["replicas"] == 5 and zk["podManagementPolicy"] == "Parallel"
+    assert zk["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    pvc = zk["volumeClaimTemplates"][0]["spec"]
+    assert pvc["resources"]["requests"]["storage"] == "2Gi" and pvc["storageClassName"] == "fast"
+    zc = zk["template"]["spec"]["containers"][0]
+    servers = {e["name"]: e["value"] for e in zc["env"]}["ZOO_SERVERS"].split()
+    assert len(servers) == 5 and servers[4].startswith("server.5=im-zookeeper-4.")
+    assert "ZOO_MY_ID=$(( ${HOSTNAME##*-} + 1 ))" in zc["command"][2]
+    redis = objs[("StatefulSet", "im-redis")]["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    assert "--maxmemory-policy noeviction" in redis and "--appendonly yes" in redis
+    mongo = objs[("StatefulSet", "im-mongodb")]["spec"]["template"]["spec"]
+    assert "--replSet" in mongo["containers"][0]["command"]
+    assert "rs.initiate" in mongo["containers"][1]["command"][2] and "im-mongodb-2." in mongo["containers"][1]["command"][2]
+
+
+def test_external_backends_make_no_statefulsets():
+    objs = children({"zookeeper": {"external": {"connectionString": "zk1:2181,zk2:2181"}},
+                     "redis": {"external": {"secretRef": {"name": "redis-conn", "key": "url"}}},
+                     "mongodb": {"external": {"connectionString": "mongodb://m:27017"}},
+                     "wsAccess": {"enabled": False}})
+    assert not [k for k in objs if k[0] == "StatefulSet"]
+    assert ("Deployment", "im-ws-access") not in objs
+    cm = objs[("ConfigMap", "im-config")]["data"]
+    assert cm["IMSTACK_ZK"] == "zk1:2181,zk2:2181" and "IMSTACK_REDIS_URL" not in cm
+    env = env_of(objs[("Deployment", "im-dispatch")]["spec"]["template"]["spec"]["containers"][0])
+    assert env["IMSTACK_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-conn", "key": "url"}
+
+
+def test_key_secret_is_random_and_well_formed():
+    a = manifests.key_secret(name="im", namespace="team", owner=OWNER)
+    b = manifests.key_secret(name="im", namespace="team", owner=OWNER)
+    assert a["data"]["tokenKey"] != b["data"]["tokenKey"]
+    assert len(base64.b64decode(a["data"]["tokenKey"])) >= 48
+
+
+def test_spec_problems_are_reported():
+    s = specmod.normalize({"access": {"minReplicas": 5, "maxReplicas": 2}, "zookeeper": {"managed": {"replicas": 2}},
+                           "redis": {"external": {}}})
+    p = specmod.problems(s)
+    assert any("minReplicas (5) exceeds maxReplicas (2)" in x for x in p)
+    assert any("odd number" in x for x in p)
+    assert any("spec.redis.external" in x for x in p)
+    assert specmod.problems(specmod.normalize({})) == []
+
+
+def test_example_in_docs_is_valid():
+    text = (ROOT / "docs/operator.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    doc = yaml.safe_load(block)
+    assert doc["kind"] == "ImCluster"
+    assert specmod.problems(specmod.normalize(doc["spec"])) == []

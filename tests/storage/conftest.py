@@ -1,0 +1,96 @@
+"""Engines for the storage contract suite: the memory engine and the real Redis + FerretDB
+cluster engine. The servers start once per session (tests/servers); each test opens its own
+Stores on them and works on fresh random ids, so tests do not see each other's data."""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import pytest
+
+from im_runtime.storage.cluster import cluster_stores
+from im_runtime.storage.interfaces import Stores
+from im_runtime.storage.memory import MemoryDedupStore, memory_stores
+from tests.servers.ferretdb import FerretDB, start_ferretdb
+from tests.servers.redis import RedisServer, start_redis
+
+MONGO_DB = "imstack_contract"
+
+
+@dataclass
+class ClusterServers:
+    redis: RedisServer
+    mongo: FerretDB
+
+
+@pytest.fixture(scope="session")
+def cluster_servers(tmp_path_factory) -> ClusterServers:
+    base = tmp_path_factory.mktemp("cluster-servers")
+    redis = start_redis(base / "redis")
+    try:
+        mongo = start_ferretdb(base / "ferretdb")
+    except BaseException:
+        redis.stop()
+        raise
+    yield ClusterServers(redis, mongo)
+    mongo.stop()
+    redis.stop()
+
+
+@dataclass
+class Engine:
+    """One engine under test. `another()` opens a second handle on the same data, as a second
+    node would (the memory engine has one world per process, so it returns the same stores)."""
+
+    name: str
+    stores: Stores
+    another: Callable[..., Awaitable[Stores]]
+    lose_fast_state: Callable[[], Awaitable[None]]  # Redis losing everything (FLUSHALL)
+    opened: list[Stores] = field(default_factory=list)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["memory", "cluster"])
+async def engine(request) -> Engine:
+    if request.param == "memory":
+        stores = memory_stores()
+
+        async def another(*, dedup_ttl_s: float | None = None) -> Stores:
+            if dedup_ttl_s is None:
+                return stores
+            return dataclasses.replace(stores, dedup=MemoryDedupStore(ttl_s=dedup_ttl_s))
+
+        async def lose_fast_state() -> None:
+            return None  # nothing volatile beyond the process itself
+
+        yield Engine("memory", stores, another, lose_fast_state)
+        return
+
+    servers: ClusterServers = request.getfixturevalue("cluster_servers")
+    opened: list[Stores] = []
+
+    async def another(*, dedup_ttl_s: float | None = None) -> Stores:
+        kwargs = {} if dedup_ttl_s is None else {"dedup_ttl_s": dedup_ttl_s}
+        s = await cluster_stores(servers.redis.url, servers.mongo.url, MONGO_DB, **kwargs)
+        opened.append(s)
+        return s
+
+    stores = await another()
+
+    async def lose_fast_state() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(servers.redis.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+
+    yield Engine("cluster", stores, another, lose_fast_state, opened)
+    for s in opened:
+        await s.close()

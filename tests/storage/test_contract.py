@@ -1,0 +1,501 @@
+"""The store contract (im_runtime/storage/interfaces.py docstrings), run against every engine.
+
+Each test names the guarantee it checks. Engine-specific checks (Redis key slots, the S11
+Mongo key order, the eviction-policy refusal) are at the end.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from im_runtime.proto import imstack_pb2 as pb
+from im_runtime.storage.interfaces import ClaimState
+from tests.storage.conftest import Engine, new_id
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def msg(conv: str, message_id: int, *, seq: int = 0, server_time: int = 1_700_000_000_000, body: bytes = b"") -> pb.Message:
+    return pb.Message(
+        message_id=message_id, conversation_id=conv, seq=seq, server_time=server_time,
+        content=body or f"m{message_id}".encode(), content_type=1, to="x",
+    )
+
+
+# ------------------------------------------------------------------ sessions (S5, S9)
+
+
+async def test_sessions_bind_lookup_unbind(engine: Engine) -> None:
+    s = engine.stores.sessions
+    a, b, nobody = new_id("u"), new_id("u"), new_id("u")
+    n1, n2 = new_id("node"), new_id("node")
+    await s.bind(a, n1, 1, "phone")
+    await s.bind(a, n2, 7, "laptop")
+    await s.bind(a, n1, 2, "tablet")  # two connections of one user on one node
+    await s.bind(b, n2, 3, "phone")
+    assert await s.lookup([a, b, nobody]) == {a: sorted([n1, n2]), b: [n2]}
+    assert await s.unbind(a, n1, 1) is True
+    assert await s.unbind(a, n1, 1) is False  # not bound any more
+    assert await s.lookup([a]) == {a: sorted([n1, n2])}  # conn 2 still on n1
+    assert await s.unbind(a, n1, 2) is True
+    assert await s.lookup([a]) == {a: [n2]}
+    assert await s.unbind(nobody, n1, 9) is False
+
+
+async def test_sessions_drop_node_removes_only_that_node(engine: Engine) -> None:
+    s = engine.stores.sessions
+    dead, alive = new_id("node"), new_id("node")
+    users = [new_id("u") for _ in range(5)]
+    for i, uid in enumerate(users):
+        await s.bind(uid, dead, i, "d")
+    await s.bind(users[0], alive, 100, "d")
+    assert await s.drop_node(dead) == 5
+    assert await s.lookup(users) == {users[0]: [alive]}
+    assert await s.drop_node(dead) == 0
+
+
+# ------------------------------------------------------------------ offline (S10, S18)
+
+
+async def test_offline_add_counts_pending_per_conversation_and_dedups(engine: Engine) -> None:
+    off = engine.stores.offline
+    uid, c1, c2 = new_id("u"), new_id("c"), new_id("c")
+    assert await off.add(uid, msg(c1, 1)) == 1
+    assert await off.add(uid, msg(c1, 2)) == 2
+    assert await off.add(uid, msg(c2, 3)) == 1
+    assert await off.add(uid, msg(c1, 2)) == 2  # same message id again: one copy kept
+    assert await off.backlog(uid) == 3
+    messages, has_more, _ = await off.pull(uid, 0, 10)
+    assert [m.message_id for m in messages] == [1, 2, 3] and has_more is False
+    assert messages[0] == msg(c1, 1)  # stored whole
+
+
+async def test_offline_pull_pages_in_timeline_order(engine: Engine) -> None:
+    off = engine.stores.offline
+    uid = new_id("u")
+    convs = [new_id("c") for _ in range(3)]
+    # S18: one timeline across conversations; equal and even decreasing server times (another
+    # node's clock) keep the insertion order.
+    times = [1000, 1000, 1000, 999, 2000, 1500, 3000]
+    for i, t in enumerate(times):
+        await off.add(uid, msg(convs[i % 3], 10 + i, server_time=t))
+    got, cursor, pages = [], 0, 0
+    while True:
+        page, has_more, next_cursor = await off.pull(uid, cursor, 3)
+        pages += 1
+        assert len(page) <= 3
+        got += [m.message_id for m in page]
+        if page:
+            assert next_cursor != cursor
+        cursor = next_cursor
+        if not has_more:
+            break
+        assert pages < 10
+    assert got == [10 + i for i in range(len(times))]
+    assert pages == 3
+    assert await off.pull(uid, cursor, 3) == ([], False, cursor)  # nothing after the end
+    assert (await off.pull(uid, 0, 0))[1] is True  # limit 0: nothing returned, more waiting
+
+
+async def test_offline_ack_removes_and_decrements(engine: Engine) -> None:
+    off = engine.stores.offline
+    uid, c1, c2 = new_id("u"), new_id("c"), new_id("c")
+    for i in range(1, 6):
+        await off.add(uid, msg(c1 if i <= 3 else c2, i))
+    assert await off.ack(uid, [1, 2, 99, 1]) == 2  # unknown and repeated ids are not counted
+    assert await off.backlog(uid) == 3
+    assert [m.message_id for m in (await off.pull(uid, 0, 10))[0]] == [3, 4, 5]
+    assert await off.add(uid, msg(c1, 6)) == 2  # c1 pending was 3, minus 2 acked, plus 1
+    assert await off.add(uid, msg(c2, 7)) == 3
+    assert await off.ack(uid, [3, 4, 5, 6, 7]) == 5
+    assert await off.backlog(uid) == 0
+    assert await off.pull(uid, 0, 10) == ([], False, 0)
+    assert await off.ack(uid, [1]) == 0
+    assert await off.add(uid, msg(c1, 1)) == 1  # acked id may come back as a new message
+    assert await off.ack(new_id("u"), [1]) == 0
+
+
+async def test_offline_cursor_keeps_growing_after_the_queue_empties(engine: Engine) -> None:
+    off = engine.stores.offline
+    uid, conv = new_id("u"), new_id("c")
+    await off.add(uid, msg(conv, 1, server_time=5000))
+    page, _, cursor = await off.pull(uid, 0, 10)
+    assert await off.ack(uid, [1]) == 1
+    await off.add(uid, msg(conv, 2, server_time=10))  # an older clock on another node
+    page, has_more, _ = await off.pull(uid, cursor, 10)  # a client resuming from its cursor
+    assert [m.message_id for m in page] == [2] and has_more is False
+
+
+async def test_offline_concurrent_adds_are_exact(engine: Engine) -> None:
+    other = await engine.another()
+    uid, conv = new_id("u"), new_id("c")
+    ids = list(range(1, 201))
+    results = await asyncio.gather(
+        *((engine.stores.offline if i % 2 else other.offline).add(uid, msg(conv, i)) for i in ids + ids[:50])
+    )
+    assert max(results) == 200
+    assert await engine.stores.offline.backlog(uid) == 200
+    page, has_more, _ = await engine.stores.offline.pull(uid, 0, 500)
+    assert sorted(m.message_id for m in page) == ids and has_more is False
+
+
+# ------------------------------------------------------------------ sequences (S11, S12)
+
+
+async def test_seq_starts_at_one_and_increases(engine: Engine) -> None:
+    seqs = engine.stores.sequences
+    conv, untouched = new_id("c"), new_id("c")
+    assert [await seqs.next_seq(conv) for _ in range(250)] == list(range(1, 251))  # crosses lease blocks
+    assert await seqs.latest_seqs([conv, untouched]) == {conv: 250, untouched: 0}
+
+
+async def test_seq_concurrent_next_seq_from_two_nodes_is_exact(engine: Engine) -> None:
+    other = await engine.another()
+    conv = new_id("c")
+    got = await asyncio.gather(*((engine.stores if i % 2 else other).sequences.next_seq(conv) for i in range(400)))
+    assert sorted(got) == list(range(1, 401))
+    assert (await other.sequences.latest_seqs([conv]))[conv] == 400
+
+
+async def test_seq_never_goes_backwards_when_the_fast_store_loses_everything(engine: Engine) -> None:
+    stores = engine.stores
+    conv = new_id("c")
+    handed = [await stores.sequences.next_seq(conv) for _ in range(130)]
+    for seq in handed[:120]:  # the last 10 are still in flight: handed out, not yet persisted
+        await stores.messages.save(msg(conv, 10_000 + seq, seq=seq))
+    await engine.lose_fast_state()  # FLUSHALL mid-conversation
+    assert (await stores.sequences.latest_seqs([conv]))[conv] >= 120  # the stored messages know
+    after = await asyncio.gather(*(stores.sequences.next_seq(conv) for _ in range(50)))
+    assert len(set(after)) == 50
+    assert min(after) > max(handed)
+    assert min(after) > await stores.messages.max_seq(conv)
+    more = await stores.sequences.next_seq(conv)
+    assert more > max(after)
+
+
+# ------------------------------------------------------------------ messages (S11)
+
+
+async def test_messages_save_is_idempotent_and_ranges_work(engine: Engine) -> None:
+    m = engine.stores.messages
+    conv, other = new_id("c"), new_id("c")
+    order = list(range(1, 31))
+    random.Random(7).shuffle(order)
+    for seq in order:  # out-of-order saves
+        await m.save(msg(conv, 500 + seq, seq=seq))
+    await m.save(msg(conv, 505, seq=5))  # same message again
+    await m.save(msg(conv, 999, seq=5, body=b"impostor"))  # same (conversation, seq): first wins
+    await m.save(msg(other, 1, seq=1))
+    assert await m.max_seq(conv) == 30 and await m.max_seq(other) == 1 and await m.max_seq(new_id("c")) == 0
+
+    page, more = await m.range(conv, limit=10)
+    assert [x.seq for x in page] == list(range(1, 11)) and more is True
+    assert page[4] == msg(conv, 505, seq=5)
+    page, more = await m.range(conv, after_seq=25, limit=10)
+    assert [x.seq for x in page] == [26, 27, 28, 29, 30] and more is False
+    page, more = await m.range(conv, after_seq=10, before_seq=15, limit=10)
+    assert [x.seq for x in page] == [11, 12, 13, 14] and more is False
+    page, more = await m.range(conv, newest_first=True, limit=3)
+    assert [x.seq for x in page] == [30, 29, 28] and more is True
+    page, more = await m.range(conv, before_seq=4, newest_first=True, limit=3)
+    assert [x.seq for x in page] == [3, 2, 1] and more is False
+    page, more = await m.range(conv, after_seq=2, before_seq=6, newest_first=True, limit=2)
+    assert [x.seq for x in page] == [5, 4] and more is True
+    assert await m.range(new_id("c")) == ([], False)
+
+
+# ------------------------------------------------------------------ de-dup (S12, S15)
+
+
+async def test_dedup_claim_states(engine: Engine) -> None:
+    d = engine.stores.dedup
+    sender = new_id("u")
+    assert (await d.claim(sender, 1)).state is ClaimState.NEW
+    assert (await d.claim(sender, 1)).state is ClaimState.PENDING
+    assert (await d.claim(new_id("u"), 1)).state is ClaimState.NEW  # per sender
+    ack = pb.SendAck(code=0, message_id=1, conversation_id="c", seq=42, server_time=123)
+    await d.complete(sender, 1, ack)
+    claim = await d.claim(sender, 1)
+    assert claim.state is ClaimState.DONE and claim.ack == ack
+    assert (await d.claim(sender, 2)).state is ClaimState.NEW
+    await d.release(sender, 2)  # the send failed: a retry goes through
+    assert (await d.claim(sender, 2)).state is ClaimState.NEW
+    empty_ack = pb.SendAck()
+    await d.complete(sender, 2, empty_ack)  # an all-defaults ack still reads back as DONE
+    claim = await d.claim(sender, 2)
+    assert claim.state is ClaimState.DONE and claim.ack == empty_ack
+
+
+async def test_dedup_concurrent_claims_have_one_winner(engine: Engine) -> None:
+    other = await engine.another()
+    sender = new_id("u")
+    claims = await asyncio.gather(*((engine.stores if i % 2 else other).dedup.claim(sender, 9) for i in range(50)))
+    assert [c.state for c in claims].count(ClaimState.NEW) == 1
+
+
+async def test_dedup_entries_expire(engine: Engine) -> None:
+    d = (await engine.another(dedup_ttl_s=0.5)).dedup
+    sender = new_id("u")
+    assert (await d.claim(sender, 1)).state is ClaimState.NEW
+    await d.complete(sender, 1, pb.SendAck(seq=1))
+    assert (await d.claim(sender, 1)).state is ClaimState.DONE
+    deadline = time.monotonic() + 10
+    while (state := (await d.claim(sender, 1)).state) is not ClaimState.NEW:
+        assert state is ClaimState.DONE
+        assert time.monotonic() < deadline, "completed de-dup entry never expired"
+        await asyncio.sleep(0.05)
+    # now a pending claim (the one just made) that is never completed expires too
+    deadline = time.monotonic() + 10
+    while (state := (await d.claim(sender, 1)).state) is not ClaimState.NEW:
+        assert state is ClaimState.PENDING
+        assert time.monotonic() < deadline, "pending de-dup claim never expired"
+        await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ groups
+
+
+async def test_groups_create_add_remove(engine: Engine) -> None:
+    g = engine.stores.groups
+    gid, missing = new_id("g"), new_id("g")
+    assert await g.create(gid, ["a", "b", "a"]) is True
+    assert await g.create(gid, ["z"]) is False
+    assert await g.members(gid) == frozenset({"a", "b"})
+    assert await g.add_members(gid, ["b", "c", "d", "c"]) == ["c", "d"]
+    assert await g.members(gid) == frozenset({"a", "b", "c", "d"})
+    assert await g.remove_members(gid, ["a", "x", "a"]) == ["a"]
+    assert await g.members(gid) == frozenset({"b", "c", "d"})
+    assert await g.add_members(missing, ["a"]) is None
+    assert await g.remove_members(missing, ["a"]) is None
+    assert await g.members(missing) is None
+    empty = new_id("g")
+    assert await g.create(empty, []) is True
+    assert await g.members(empty) == frozenset()
+    assert await g.create(empty, ["a"]) is False
+
+
+async def test_groups_concurrent_updates_from_two_nodes(engine: Engine) -> None:
+    other = await engine.another()
+    gid = new_id("g")
+    assert await engine.stores.groups.create(gid, []) is True
+    users = [f"m{i}" for i in range(60)]
+    added = await asyncio.gather(
+        *((engine.stores if i % 2 else other).groups.add_members(gid, [u]) for i, u in enumerate(users + users[:20]))
+    )
+    assert sorted(u for batch in added for u in batch) == sorted(users)  # each added exactly once
+    removed = await asyncio.gather(*(other.groups.remove_members(gid, [u]) for u in users[:30]))
+    assert sorted(u for batch in removed for u in batch) == sorted(users[:30])
+    expect = frozenset(users[30:])
+    assert await engine.stores.groups.members(gid) == expect  # each node sees the last write
+    assert await other.groups.members(gid) == expect
+
+
+# ------------------------------------------------------------------ read positions (S13, S14)
+
+
+async def test_reads_join_advance_max_only(engine: Engine) -> None:
+    r = engine.stores.reads
+    uid, c1, c2 = new_id("u"), new_id("c"), new_id("c")
+    await r.join(uid, c1)
+    await r.join(uid, c2, read_seq=4)
+    assert await r.conversations(uid) == {c1: 0, c2: 4}
+    assert await r.advance(uid, c1, 7) == 7
+    assert await r.advance(uid, c1, 3) == 7  # never backwards
+    await r.join(uid, c1, read_seq=1)  # joining again keeps the position
+    assert await r.conversations(uid) == {c1: 7, c2: 4}
+    other = new_id("u")
+    assert await r.advance(other, c1, 2) == 2  # advance without join adds the conversation
+    assert await r.positions(c1) == {uid: 7, other: 2}
+    assert await r.conversations(other) == {c1: 2}
+    assert await r.positions(new_id("c")) == {} and await r.conversations(new_id("u")) == {}
+
+
+async def test_reads_concurrent_advances_stay_exact(engine: Engine) -> None:
+    other = await engine.another()
+    uid, conv = new_id("u"), new_id("c")
+    seqs = list(range(1, 301))
+    random.Random(3).shuffle(seqs)
+    results = await asyncio.gather(
+        *((engine.stores if i % 2 else other).reads.advance(uid, conv, s) for i, s in enumerate(seqs))
+    )
+    assert all(res >= s for res, s in zip(results, seqs))
+    assert await engine.stores.reads.conversations(uid) == {conv: 300}
+    assert await other.reads.positions(conv) == {uid: 300}
+
+
+# ------------------------------------------------------------------ segments (S17)
+
+
+async def test_segment_leases_never_overlap_across_instances(engine: Engine) -> None:
+    other = await engine.another()
+    name = new_id("seg")
+    assert await engine.stores.segments.lease(name, 10) == (1, 11)
+    leases = await asyncio.gather(
+        *((engine.stores if i % 2 else other).segments.lease(name, 1 + i % 7) for i in range(60))
+    )
+    spans = sorted([(1, 11), *leases])
+    for (s1, e1), (s2, _) in zip(spans, spans[1:]):
+        assert e1 == s2, f"gap or overlap between {s1}-{e1} and the next lease"
+    assert all(e - s == 1 + i % 7 for i, (s, e) in enumerate(leases))
+
+
+
+# ------------------------------------------------------------------ cluster engine only
+
+
+async def test_redis_refuses_an_evicting_policy(cluster_servers, tmp_path) -> None:
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.pools import EvictionPolicyError
+    from tests.servers.redis import start_redis
+
+    lru = start_redis(tmp_path / "lru", maxmemory_policy="allkeys-lru")
+    # a managed Redis that blocks CONFIG: the policy is read from INFO memory instead
+    managed = start_redis(tmp_path / "managed", maxmemory_policy="volatile-lfu", extra_args=["--rename-command", "CONFIG", ""])
+    try:
+        for server, policy in ((lru, "allkeys-lru"), (managed, "volatile-lfu")):
+            with pytest.raises(EvictionPolicyError, match=f"maxmemory-policy is '{policy}'.*noeviction"):
+                await cluster_stores(server.url, cluster_servers.mongo.url, "imstack_contract")
+    finally:
+        lru.stop()
+        managed.stop()
+
+
+async def test_redis_config_disabled_noeviction_is_accepted(cluster_servers, tmp_path) -> None:
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.pools import eviction_policy, redis_client
+    from tests.servers.redis import start_redis
+
+    managed = start_redis(tmp_path / "managed", extra_args=["--rename-command", "CONFIG", ""])
+    try:
+        client = redis_client(managed.url)
+        try:
+            assert await eviction_policy(client) == "noeviction"
+        finally:
+            await client.aclose()
+        stores = await cluster_stores(managed.url, cluster_servers.mongo.url, "imstack_contract")
+        conv = new_id("c")
+        assert await stores.sequences.next_seq(conv) == 1
+        await stores.close()
+    finally:
+        managed.stop()
+
+
+async def test_redis_keys_of_one_user_share_a_slot_and_users_spread(cluster_servers) -> None:
+    import redis.asyncio as aioredis
+    from redis.crc import key_slot
+
+    from im_runtime.storage.cluster import cluster_stores
+
+    stores = await cluster_stores(cluster_servers.redis.url, cluster_servers.mongo.url, "imstack_contract")
+    client = aioredis.Redis.from_url(cluster_servers.redis.url)
+    try:
+        users = [new_id("u") for _ in range(40)]
+        for uid in users:
+            await stores.offline.add(uid, msg("c", 1))
+        slots = set()
+        for uid in users:
+            keys = [k async for k in client.scan_iter(match=f"im:off*:{uid}")]
+            assert len(keys) == 4, keys  # queue, index, pending counts, last score
+            user_slots = {key_slot(k) for k in keys}
+            assert len(user_slots) == 1, f"keys of {uid} span slots {user_slots}"
+            slots |= user_slots
+        assert len(slots) > 30  # S10: receivers spread over the cluster's slots
+    finally:
+        await client.aclose()
+        await stores.close()
+
+
+async def test_mongo_message_ids_read_newest_first(cluster_servers) -> None:
+    from pymongo import AsyncMongoClient
+
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.mongo_store import message_key
+
+    stores = await cluster_stores(cluster_servers.redis.url, cluster_servers.mongo.url, "imstack_contract")
+    client = AsyncMongoClient(cluster_servers.mongo.url, directConnection=True)
+    try:
+        conv = new_id("c")
+        for seq, message_id in enumerate([5, 900_000_000_001, 77, 2**62], start=1):
+            await stores.messages.save(msg(conv, message_id, seq=seq))
+        docs = await client["imstack_contract"].messages.find({"c": conv}).sort("_id", 1).to_list(10)
+        assert [d["m"] for d in docs] == [2**62, 900_000_000_001, 77, 5]  # S11: newest (highest id) first
+        assert docs[0]["_id"] == message_key(conv, 2**62) == f"{conv}:{2**63 - 1 - 2**62:019d}"
+    finally:
+        await client.close()
+        await stores.close()
+
+
+async def test_redis_connection_loss_and_script_cache_loss_recover(cluster_servers, tmp_path) -> None:
+    """Redis restarts (script cache gone) and dropped connections must not wedge the stores."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from im_runtime.storage.cluster import cluster_stores
+    from tests.servers.redis import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    stores = await cluster_stores(server.url, cluster_servers.mongo.url, "imstack_contract")
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        conv, uid = new_id("c"), new_id("u")
+        assert await stores.sequences.next_seq(conv) == 1
+        assert await stores.offline.add(uid, msg(conv, 1)) == 1
+        await admin.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+        assert await stores.sequences.next_seq(conv) == 2
+        assert await stores.offline.add(uid, msg(conv, 2)) == 2
+        killed = await admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        deadline = time.monotonic() + 10
+        while True:  # a call racing the kill may fail once; the next ones reconnect
+            try:
+                seq = await stores.sequences.next_seq(conv)
+                break
+            except (ConnectionError, RedisConnectionError):
+                assert time.monotonic() < deadline, "stores never reconnected to Redis"
+                await asyncio.sleep(0.05)
+        assert seq >= 3
+        assert (await stores.offline.pull(uid, 0, 10))[0] == [msg(conv, 1), msg(conv, 2)]
+    finally:
+        await admin.aclose()
+        await stores.close()
+        server.stop()
+
+
+async def test_redis_calls_share_few_connections_and_errors_stay_with_their_caller(cluster_servers) -> None:
+    import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
+
+    from prometheus_client import REGISTRY
+
+    from im_runtime.storage.pools import AutoPipeline, redis_client
+
+    def metric(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    admin = aioredis.Redis.from_url(cluster_servers.redis.url)
+    client = redis_client(cluster_servers.redis.url)
+    pipe = AutoPipeline(client, cluster_servers.redis.url, connections=2)
+    try:
+        before = (await admin.info("clients"))["connected_clients"]
+        key = new_id("k")
+        ok, wrong, got = await asyncio.gather(
+            pipe.call("SET", key, "x"), pipe.call("HINCRBY", key, "f", 1), pipe.call("GET", key), return_exceptions=True
+        )
+        assert ok == b"OK" and got == b"x"
+        assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
+        commands, writes = metric("imstack_redis_pipeline_commands_total"), metric("imstack_redis_pipeline_writes_total")
+        echoes = await asyncio.gather(*(pipe.call("ECHO", f"e{i}") for i in range(3000)))
+        assert metric("imstack_redis_pipeline_commands_total") - commands == 3000
+        assert metric("imstack_redis_pipeline_writes_total") - writes <= 4  # pipelined: one write per connection per loop turn
+        assert echoes == [f"e{i}".encode() for i in range(3000)]  # every reply reached its own caller
+        counts = await asyncio.gather(*(pipe.call("INCR", f"{key}:n") for _ in range(3000)))
+        assert sorted(counts) == list(range(1, 3001))
+        after = (await admin.info("clients"))["connected_clients"]
+        assert after - before <= 2  # no per-call connections: the two pipelined ones at most
+    finally:
+        await pipe.close()
+        await client.aclose()
+        await admin.aclose()

@@ -1,0 +1,256 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { ImClient, ProtocolError, Status, backoffDelay, readPollDelay } from "../src/client.js";
+import { RequestType as T } from "../src/proto.js";
+import { FakeServer, until } from "./fake_server.js";
+
+const FAST = {
+  requestTimeoutMs: 60,
+  retryBaseMs: 5,
+  retryMaxMs: 20,
+  reconnectBaseMs: 5,
+  reconnectMaxMs: 20,
+  pushAckDelayMs: 20,
+  heartbeatMs: 1000,
+};
+
+async function online(server, opts = {}) {
+  const client = new ImClient({ uid: "alice", token: "good", url: "ws://a:9001/ws", WebSocket: server.WebSocket, ...FAST, ...opts });
+  const events = { message: [], status: [], ack: [], sendfailed: [], kick: [], readstatus: [] };
+  for (const name of Object.keys(events)) client.addEventListener(name, (e) => events[name].push(e.detail));
+  await client.start();
+  return { client, events };
+}
+
+test("auth carries uid, token and device; status goes online", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  const auth = server.frames(T.AUTH_REQ)[0].body;
+  assert.equal(auth.uid, "alice");
+  assert.equal(auth.token, "good");
+  assert.ok(auth.device_id.startsWith("web-"));
+  assert.deepEqual(events.status.map((s) => s.status), ["connecting", "online"]);
+  await until(() => server.frames(T.PULL_OFFLINE_REQ).length === 1, { what: "offline pull after auth" });
+});
+
+test("a refused token stops the client instead of reconnecting", async () => {
+  const server = new FakeServer();
+  const client = new ImClient({ uid: "alice", token: "bad", url: "ws://a/ws", WebSocket: server.WebSocket, ...FAST });
+  await assert.rejects(client.start(), (e) => e instanceof ProtocolError && e.code === 401);
+  assert.equal(client.status, Status.UNAUTHORIZED);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(server.sockets.length, 1);
+  client.close();
+});
+
+test("send waits for the ack; ids come from one cached batch", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  const sends = [];
+  for (const text of ["one", "two", "three"]) sends.push(await client.send({ to: "bob", text }));
+  const acks = await Promise.all(sends.map((s) => s.done));
+  assert.deepEqual(acks.map((a) => a.seq), [1, 2, 3]);
+  assert.equal(server.frames(T.ID_BATCH_REQ).length, 1);
+  const reqs = server.frames(T.SEND_REQ).map((f) => f.body);
+  assert.equal(reqs[0].message_id, "7260000000000000001", "the id is kept exact");
+  assert.ok(reqs[0].client_seq < reqs[1].client_seq && reqs[1].client_seq < reqs[2].client_seq);
+  assert.equal(events.ack.length, 3);
+  // Own messages enter the ordering too, once.
+  assert.deepEqual(events.message.map((m) => m.message.seq), [1, 2, 3]);
+});
+
+test("a lost ack is retried with the same message_id; 409 DUPLICATE counts as success", async (t) => {
+  const server = new FakeServer();
+  let calls = 0;
+  server.handlers[T.SEND_REQ] = (socket, frame, body) => {
+    calls += 1;
+    if (calls === 1) return undefined; // first ack never comes
+    server.reply(socket, T.SEND_ACK, frame.sequence, { code: 409, message: "duplicate", message_id: body.message_id, conversation_id: "s:alice:bob", seq: 1 });
+    return undefined;
+  };
+  const { client } = await online(server);
+  t.after(() => client.close());
+  const sent = await client.send({ to: "bob", text: "hello" });
+  const ack = await sent.done;
+  assert.equal(ack.code, 409);
+  const ids = server.frames(T.SEND_REQ).map((f) => f.body.message_id);
+  assert.equal(ids.length, 2);
+  assert.equal(ids[0], ids[1]);
+  assert.equal(ids[0], sent.message_id);
+});
+
+test("503 is retried; 403 fails at once; retries are bounded", async (t) => {
+  const server = new FakeServer();
+  let mode = "busy-once";
+  let calls = 0;
+  server.handlers[T.SEND_REQ] = (socket, frame, body) => {
+    calls += 1;
+    if (mode === "busy-once" && calls === 1) server.reply(socket, T.SEND_ACK, frame.sequence, { code: 503, message: "busy" });
+    else if (mode === "forbidden") server.reply(socket, T.ERROR, frame.sequence, { code: 403, message: "not a member" });
+    else if (mode === "always-busy") server.reply(socket, T.SEND_ACK, frame.sequence, { code: 503 });
+    else return "default";
+    return undefined;
+  };
+  const { client, events } = await online(server, { sendAttempts: 3 });
+  t.after(() => client.close());
+
+  assert.equal((await (await client.send({ to: "bob", text: "x" })).done).code, 0);
+  assert.equal(calls, 2);
+
+  mode = "forbidden";
+  calls = 0;
+  await assert.rejects((await client.send({ to: "g9", type: 2, text: "x" })).done, (e) => e.code === 403);
+  assert.equal(calls, 1);
+
+  mode = "always-busy";
+  calls = 0;
+  await assert.rejects((await client.send({ to: "bob", text: "x" })).done, (e) => e.code === 503);
+  assert.equal(calls, 3);
+  assert.equal(events.sendfailed.length, 2);
+});
+
+test("a send made while disconnected goes out after the reconnect", async (t) => {
+  const server = new FakeServer();
+  const { client } = await online(server, { requestTimeoutMs: 300 });
+  t.after(() => client.close());
+  await client.nextId(); // warm the id cache
+  server.socket.close(1006, "network");
+  await until(() => client.status === Status.RECONNECTING, { what: "reconnecting" });
+  const sent = await client.send({ to: "bob", text: "while away" });
+  const ack = await sent.done;
+  assert.equal(ack.code, 0);
+  assert.equal(server.sockets.length, 2);
+  assert.equal(server.frames(T.AUTH_REQ).length, 2);
+  assert.equal(server.frames(T.PULL_OFFLINE_REQ).length, 2, "offline pull on every connect");
+});
+
+test("pushes: batched PUSH_ACK, de-dup by id, reorder with a gap pulled from history", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  const m1 = server.store({ from: "bob", to: "alice", text: "1" });
+  const m2 = server.store({ from: "bob", to: "alice", text: "2" });
+  const m3 = server.store({ from: "bob", to: "alice", text: "3" });
+  const m4 = server.store({ from: "bob", to: "alice", text: "4" });
+  server.push(m1);
+  await until(() => events.message.length === 1, { what: "first push" });
+  server.push(m4); // 2 and 3 missing: pulled from history
+  server.push(m1); // duplicate
+  await until(() => events.message.length === 4, { what: "gap filled" });
+  assert.deepEqual(events.message.map((e) => e.message.seq), [1, 2, 3, 4]);
+  assert.deepEqual(events.message.map((e) => e.source), ["push", "gap", "gap", "push"]);
+  const pull = server.frames(T.PULL_HISTORY_REQ)[0].body;
+  assert.equal(pull.after_seq, 1);
+  assert.equal(pull.before_seq, 4);
+  await until(() => server.frames(T.PUSH_ACK).flatMap((f) => f.body.message_ids).length >= 5, { what: "acks" });
+  const pushAcks = server.frames(T.PUSH_ACK);
+  const acked = pushAcks.flatMap((f) => f.body.message_ids);
+  assert.ok(acked.includes(m1.message_id) && acked.includes(m4.message_id));
+  assert.equal(acked.filter((id) => id === m1.message_id).length, 2, "the duplicate is acked too");
+  // The three pushes went out in one batched PUSH_ACK (the gap fill acks separately).
+  assert.ok(pushAcks.some((f) => f.body.message_ids.length === 3));
+  assert.equal(m2.seq + m3.seq, 5);
+});
+
+test("PULL_NOTIFY pulls the offline store page by page and acks each page", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server, { offlinePageSize: 2 });
+  t.after(() => client.close());
+  await until(() => server.frames(T.PULL_OFFLINE_REQ).length === 1, { what: "initial pull" });
+  for (let i = 0; i < 5; i++) server.offline.push(server.store({ from: "carol", to: "grp", type: 2, text: `g${i}` }));
+  server.reply(server.socket, T.PULL_NOTIFY, 0, { conversation_id: "g:grp", latest_seq: 5, pending: 5 });
+  await until(() => events.message.length === 5, { what: "offline messages" });
+  assert.deepEqual(events.message.map((e) => e.message.seq), [1, 2, 3, 4, 5]);
+  const cursors = server.frames(T.PULL_OFFLINE_REQ).slice(1).map((f) => Number(f.body.cursor));
+  assert.deepEqual(cursors, [0, 2, 4]);
+  const acked = server.frames(T.PUSH_ACK).flatMap((f) => f.body.message_ids);
+  assert.deepEqual(acked, server.offline.map((m) => m.message_id));
+});
+
+test("history gives the newest page oldest first and sets the ordering baseline", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  for (let i = 0; i < 5; i++) server.store({ from: "bob", to: "alice", text: `h${i}` });
+  const page = await client.history("s:alice:bob", { limit: 3 });
+  assert.deepEqual(page.messages.map((m) => m.seq), [3, 4, 5]);
+  assert.equal(page.has_more, true);
+  const older = await client.history("s:alice:bob", { beforeSeq: 3, limit: 3 });
+  assert.deepEqual(older.messages.map((m) => m.seq), [1, 2]);
+  server.push(server.store({ from: "bob", to: "alice", text: "live" }));
+  await until(() => events.message.length === 1, { what: "live push" });
+  assert.equal(events.message[0].message.seq, 6);
+  assert.equal(server.frames(T.PULL_HISTORY_REQ).length, 2, "no gap pull after a baseline");
+});
+
+test("KICK with a reconnect address moves the client there", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  server.reply(server.socket, T.KICK, 0, { code: 503, message: "draining", reconnect_host: "127.0.0.2", reconnect_port: 9101 });
+  await until(() => server.sockets.length === 2 && client.status === Status.ONLINE, { what: "reconnect after kick" });
+  assert.equal(server.socket.url, "ws://127.0.0.2:9101/ws");
+  assert.equal(events.kick[0].reconnect_port, 9101);
+  // The next plain reconnect goes back to the normal address.
+  server.socket.close(1006);
+  await until(() => server.sockets.length === 3, { what: "second reconnect" });
+  assert.equal(server.socket.url, "ws://a:9001/ws");
+});
+
+test("reconnect backs off while the node refuses, then resolves the url again", async (t) => {
+  const server = new FakeServer();
+  let resolved = 0;
+  const { client, events } = await online(server, {
+    url: undefined,
+    resolveUrl: async () => `ws://node${++resolved}:9001/ws`,
+  });
+  t.after(() => client.close());
+  server.refuse = true;
+  server.socket.close(1006);
+  await until(() => server.sockets.length >= 4, { what: "several attempts" });
+  server.refuse = false;
+  await until(() => client.status === Status.ONLINE, { what: "back online" });
+  assert.ok(resolved >= 4, "every attempt asks ipList again");
+  const statuses = events.status.map((s) => s.status);
+  assert.deepEqual(statuses.slice(0, 3), ["connecting", "online", "reconnecting"]);
+  assert.equal(statuses.at(-1), "online");
+});
+
+test("read report, unread and read-status polling", async (t) => {
+  const server = new FakeServer();
+  let polls = [];
+  server.handlers[T.READ_STATUS_REQ] = (socket, frame, body) => {
+    polls.push({ at: Date.now(), after: body.after_seq });
+    server.reply(socket, T.READ_STATUS_RESP, frame.sequence, { states: [{ message_id: "9", seq: 3, read_count: 1, read_by: ["bob"] }] });
+  };
+  server.handlers[T.UNREAD_REQ] = (socket, frame) => {
+    server.reply(socket, T.UNREAD_RESP, frame.sequence, { total: 4, conversations: [{ conversation_id: "g:g1", count: 4 }] });
+  };
+  const { client, events } = await online(server, { readPollFirstMs: 40, readPollMaxMs: 320 });
+  t.after(() => client.close());
+  assert.equal(await client.readReport("s:alice:bob", 3), true);
+  assert.equal(await client.readReport("s:alice:bob", 2), false, "never backwards");
+  assert.deepEqual(server.frames(T.READ_REPORT).map((f) => f.body.seq), [3]);
+  assert.deepEqual(await client.unread(), { total: 4, conversations: { "g:g1": 4 } });
+
+  client.watchReadStatus("s:alice:bob", () => 2);
+  await until(() => polls.length >= 4, { timeoutMs: 3000, what: "four polls" });
+  const gaps = polls.slice(1).map((p, i) => p.at - polls[i].at);
+  // 40 ms, then 80, 160, 320: each wait at least the schedule, and growing.
+  assert.ok(gaps[0] >= 75 && gaps[1] >= 155 && gaps[2] >= 315, `backoff 80/160/320 ms: ${gaps}`);
+  assert.ok(gaps[1] > gaps[0] && gaps[2] > gaps[1], `backoff grows: ${gaps}`);
+  assert.equal(polls[0].after, 2);
+  assert.deepEqual(events.readstatus[0].states[0].read_by, ["bob"]);
+  client.unwatchReadStatus("s:alice:bob");
+});
+
+test("backoff and read-poll schedules", () => {
+  assert.deepEqual([0, 1, 2, 3, 10].map((r) => readPollDelay(r)), [2000, 4000, 8000, 16000, 64000]);
+  for (let a = 0; a < 8; a++) {
+    const d = backoffDelay(a, 500, 8000, () => 1);
+    assert.equal(d, Math.min(8000, 500 * 2 ** a));
+    assert.equal(backoffDelay(a, 500, 8000, () => 0), Math.round(d / 2));
+  }
+});
