@@ -143,11 +143,12 @@ class DispatchRole:
         return {"zookeeper": self.zk.connected, "stores": self.stores_ok}
 
     async def _check_stores(self) -> None:
-        """Readiness: one Redis and one MongoDB read every 2 s, each bounded."""
+        """Readiness: one Redis and one MongoDB point read every 2 s, each bounded. (Not a
+        seq or message query: on FerretDB those can scan the whole messages collection.)"""
         while True:
             try:
-                await asyncio.wait_for(self.stores.sequences.latest_seqs(["s:_ready:_ready"]), 2)
-                await asyncio.wait_for(self.stores.messages.max_seq("s:_ready:_ready"), 2)
+                await asyncio.wait_for(self.stores.offline.backlog("_ready"), 2)
+                await asyncio.wait_for(self.stores.groups.members("_ready"), 2)
                 self.stores_ok = True
             except Exception:
                 if self.stores_ok:
