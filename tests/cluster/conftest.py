@@ -161,9 +161,11 @@ class Topology:
         self.wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz")
         return proc
 
-    def start_access(self, name: str, *, wait: bool = True) -> Proc:
+    def start_access(self, name: str, *, wait: bool = True, ws: bool = False) -> Proc:
         port, metrics = free_port(), free_port()
-        proc = self._spawn("access", name, ["--port", str(port), "--metrics-port", str(metrics)], {"tcp": port, "metrics": metrics})
+        kind = "ws" if ws else "tcp"
+        args = ["--port", str(port), "--metrics-port", str(metrics)] + (["--ws"] if ws else [])
+        proc = self._spawn("access", name, args, {kind: port, "metrics": metrics})
         if wait:
             self.wait_ready(proc, f"http://127.0.0.1:{metrics}/readyz")
         return proc

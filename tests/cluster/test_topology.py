@@ -66,3 +66,42 @@ async def test_registrations_in_zookeeper(topology):
     finally:
         zk.stop()
         zk.close()
+
+
+async def test_websocket_access_node_in_the_cluster(topology):
+    """S6: a WebSocket access deployment registers under access/ws, ipList names it, and its
+    clients reach TCP clients through the same dispatch nodes."""
+    import websockets
+
+    from im_runtime.proto import imstack_pb2 as pb
+    from im_runtime.protocol.frame import decode_body, encode_message
+    from im_runtime.protocol.types import RequestType
+
+    topology.start_route()
+    topology.start_dispatch("dispatch-1")
+    topology.start_access("access-tcp")
+    web = topology.start_access("access-ws", ws=True)
+    status, ips = http_json(f"{topology.http_url}/v1/iplist")
+    assert [e["port"] for e in ips["ws"]] == [web.ports["ws"]]
+
+    agent, customer = uid("agent"), uid("customer")
+    tcp_client = await ImClient(customer, topology.token(customer), http_url=topology.http_url).connect()
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{web.ports['ws']}/ws") as ws:
+            async def call(request_type, message, seq):
+                await ws.send(encode_message(request_type, seq, message))
+                while True:
+                    raw = await asyncio.wait_for(ws.recv(), 10)
+                    if int.from_bytes(raw[12:16], "big") == seq:
+                        return int.from_bytes(raw[8:12], "big"), decode_body(int.from_bytes(raw[8:12], "big"), raw[20:])
+
+            t, auth = await call(RequestType.AUTH_REQ, pb.AuthRequest(uid=agent, token=topology.token(agent)), 1)
+            assert t == RequestType.AUTH_RESP and auth.code == 0
+            t, ids = await call(RequestType.ID_BATCH_REQ, pb.IdBatchRequest(count=1), 2)
+            send = pb.SendRequest(message_id=ids.ids[0], type=pb.SINGLE, to=customer, content=b"how can I help?")
+            t, ack = await call(RequestType.SEND_REQ, send, 3)
+            assert t == RequestType.SEND_ACK and ack.code == 0
+        got = await tcp_client.receive(timeout=10)
+        assert got.content == b"how can I help?" and getattr(got, "from") == agent
+    finally:
+        await tcp_client.close()
