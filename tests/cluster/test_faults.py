@@ -62,6 +62,14 @@ async def test_kill_access_then_dispatch_loses_and_duplicates_nothing(topology):
         c.http_url = topology.http_url
         clients[u] = c
 
+    # S4: each access node publishes its connection count (every 3 s); ipList reads them.
+    from tests.cluster.conftest import http_json
+
+    def counts() -> list[int]:
+        return sorted(e["connections"] for e in http_json(f"{topology.http_url}/v1/iplist")[1]["tcp"])
+
+    await _until(lambda: counts() == [USERS // 2, USERS // 2], 15, "ipList to show the published connection counts")
+
     ledger = Ledger()
     stop = asyncio.Event()
 
@@ -102,6 +110,20 @@ async def test_kill_access_then_dispatch_loses_and_duplicates_nothing(topology):
         await _until(lambda: all(c.reconnects >= 1 and c.connected.is_set() for c in moved), 60,
                      "clients of the killed access node to reconnect elsewhere")
         assert all(c.port == access[1].ports["tcp"] for c in moved)
+        # S9: once the dead node's registration expired, route dropped its sessions.
+        from im_runtime.route.grpc_client import RouteClient
+
+        route = RouteClient(f"127.0.0.1:{topology.grpc_port}")
+        try:
+            nodes: dict = {}
+            for _ in range(100):
+                nodes = await route.lookup(uids)
+                if all(v == ["access-2"] for v in nodes.values()) and len(nodes) == USERS:
+                    break
+                await asyncio.sleep(0.2)
+            assert len(nodes) == USERS and all(v == ["access-2"] for v in nodes.values()), nodes
+        finally:
+            await route.close()
         before = len(ledger.acked)
         await _until(lambda: len(ledger.acked) > before + 100, 30, "traffic after the access kill")
 
