@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 
 from google.protobuf.message import DecodeError
 
@@ -32,74 +33,67 @@ from im_runtime.route.grpc_client import RouteClient
 log = logging.getLogger(__name__)
 
 
-class LookupBatcher:
-    """Coalesces the Lookup calls of one event-loop turn into one route gRPC call.
-
-    Every message fans out through a Lookup; one call each would make route (and gRPC's
-    per-call cost) the ceiling of the whole cluster. Callers still get exactly their uids."""
-
-    MAX_BATCH = 2000
-
-    def __init__(self, route: RouteClient) -> None:
-        self.route = route
-        self._waiting: list[tuple[list[str], asyncio.Future[dict[str, list[str]]]]] = []
-        self._scheduled = False
-        self.calls = 0
-
-    def lookup(self, uids: list[str]) -> "asyncio.Future[dict[str, list[str]]]":
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, list[str]]] = loop.create_future()
-        self._waiting.append((uids, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return future
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        waiting, self._waiting = self._waiting, []
-        batch: list[tuple[list[str], asyncio.Future]] = []
-        size = 0
-        for item in waiting:
-            batch.append(item)
-            size += len(item[0])
-            if size >= self.MAX_BATCH:
-                asyncio.ensure_future(self._call(batch))
-                batch, size = [], 0
-        if batch:
-            asyncio.ensure_future(self._call(batch))
-
-    async def _call(self, batch: list[tuple[list[str], asyncio.Future]]) -> None:
-        self.calls += 1
-        try:
-            found = await self.route.lookup({u for uids, _ in batch for u in uids})
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for uids, future in batch:
-            if not future.done():
-                future.set_result({u: found[u] for u in uids if u in found})
-
-
 class ClusterPusher:
+    """Pushes to the access nodes holding the receivers' sessions, in call order.
+
+    The service calls deliver() under the conversation lock, after the message is persisted
+    and in every receiver's offline queue (S10). deliver() only queues the push, so the lock is
+    not held across a route round trip; one worker takes the queue in batches, asks route once
+    per batch (Lookup), and writes DELIVER frames in the order the pushes were queued, so each
+    conversation's pushes still leave in seq order (S12). If route cannot answer, the batch's
+    pushes are dropped: the messages wait offline and the clients pull them (S15)."""
+
+    MAX_BATCH = 500
+    MAX_QUEUED = 50_000
+
     def __init__(self, route: RouteClient, links: LinkServer) -> None:
         self.route = route
         self.links = links
-        self.batcher = LookupBatcher(route)
+        self._queue: deque[tuple[list[str], bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self.lookups = 0
 
     async def deliver(self, uids: list[str], frame: bytes) -> None:
-        nodes = await self.batcher.lookup(uids)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        for _ in range(500):  # backpressure, bounded: a stuck route must not stall sends
+            if len(self._queue) < self.MAX_QUEUED:
+                break
+            await asyncio.sleep(0.01)
+        self._queue.append((uids, frame))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while queue:
+                batch = [queue.popleft() for _ in range(min(self.MAX_BATCH, len(queue)))]
+                try:
+                    self.lookups += 1
+                    nodes = await self.route.lookup({u for uids, _ in batch for u in uids})
+                except Exception:
+                    log.warning("route lookup failed; %d pushes wait offline", len(batch), exc_info=True)
+                    continue
+                for uids, frame in batch:
+                    self._write(uids, frame, nodes)
+
+    def _write(self, uids: list[str], frame: bytes, nodes: dict[str, list[str]]) -> None:
         by_node: dict[str, list[str]] = {}
-        for uid, access_nodes in nodes.items():
-            for node in access_nodes:
+        for uid in uids:
+            for node in nodes.get(uid, ()):
                 by_node.setdefault(node, []).append(uid)
         for node, node_uids in by_node.items():
             link = self.links.links.get(node)
             if link is None or not link.is_open:
                 continue  # S9: the message waits offline; the client pulls it on reconnect
             link.write(encode_frame(RequestType.DELIVER, 0, deliver_body(node_uids, frame)))
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
 
 
 class DispatchRole:
@@ -127,7 +121,8 @@ class DispatchRole:
             ids = SnowflakeGenerator(self.worker_id)
         self.route = RouteClient(s.route_grpc)
         self.links = LinkServer(self.handle)
-        self.service = DispatchService(self.stores, ids, ClusterPusher(self.route, self.links))
+        self.pusher = ClusterPusher(self.route, self.links)
+        self.service = DispatchService(self.stores, ids, self.pusher)
         await self.links.start(s.host, s.link_port)
         self.path = self.zk.path("dispatch", s.node_id)
         await self.zk.register(
@@ -173,6 +168,7 @@ class DispatchRole:
 
     async def close(self) -> None:
         self._checker.cancel()
+        self.pusher.close()
         try:  # access nodes drop us before the links close
             await asyncio.wait_for(self.zk.unregister(self.path), 5)
         except Exception:

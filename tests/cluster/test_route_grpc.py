@@ -51,21 +51,44 @@ async def test_unreachable_route_fails_within_the_deadline():
         await client.close()
 
 
-async def test_lookups_of_one_loop_turn_share_one_grpc_call():
+
+async def test_cluster_pusher_delivers_in_call_order_with_batched_lookups():
+    """Dispatch side: deliver() returns at once; pushes reach the access node's link in the
+    order they were queued, users without a session are skipped, lookups are batched."""
     import asyncio
 
-    from im_runtime.cluster.dispatch import LookupBatcher
+    from im_runtime.cluster.dispatch import ClusterPusher
+    from im_runtime.cluster.links import ClientLink, LinkServer
+    from im_runtime.protocol.frame import encode_message
+    from im_runtime.protocol.types import RequestType
 
     stores = memory_stores()
     server, port = await start_grpc(RouteService(TokenSigner(b"k" * 32), stores.sessions), "127.0.0.1", 0)
     client = RouteClient(f"127.0.0.1:{port}", timeout=3)
+    links = LinkServer(lambda fwd: None)
+    await links.start("127.0.0.1", 0)
+    got: list = []
+    _, link = await asyncio.get_running_loop().create_connection(
+        lambda: ClientLink("d1", lambda uids, frame: got.append((uids, frame))), "127.0.0.1", links.port
+    )
+    pusher = ClusterPusher(client, links)
     try:
-        await stores.sessions.bind("alice", "a1", 1, "")
-        await stores.sessions.bind("bob", "a2", 2, "")
-        batcher = LookupBatcher(client)
-        results = await asyncio.gather(batcher.lookup(["alice"]), batcher.lookup(["bob", "carol"]), batcher.lookup(["carol"]))
-        assert results == [{"alice": ["a1"]}, {"bob": ["a2"]}, {}]
-        assert batcher.calls == 1
+        await link.call(RequestType.LINK_REGISTER, pb.LinkRegister(node_id="a1").SerializeToString(), timeout=5)
+        await stores.sessions.bind("bob", "a1", 1, "")
+        await stores.sessions.bind("carol", "a1", 2, "")
+        frames = [encode_message(RequestType.PUSH, 0, pb.Message(message_id=i, seq=i)) for i in range(1, 201)]
+        for i, frame in enumerate(frames):
+            await pusher.deliver(["bob", "nobody"] if i % 2 else ["bob", "carol"], frame)
+        for _ in range(200):
+            if len(got) == len(frames):
+                break
+            await asyncio.sleep(0.02)
+        assert [f for _, f in got] == frames
+        assert got[0][0] == ["bob", "carol"] and got[1][0] == ["bob"]
+        assert pusher.lookups < len(frames) / 10
     finally:
+        pusher.close()
+        link.close()
+        await links.close()
         await client.close()
         await server.stop(None)
