@@ -20,6 +20,7 @@ from im_runtime.route.http import HttpApi, serve
 from im_runtime.route.iplist import LocalIpList
 from im_runtime.route.service import RouteService
 from im_runtime.route.tokens import TokenSigner
+from im_runtime.runtime import tune_gc
 from im_runtime.storage.interfaces import Stores
 from im_runtime.storage.memory import memory_stores
 
@@ -119,6 +120,7 @@ async def run_forever(settings: Settings) -> None:
     generated = settings.ensure_keys()
     stack = AllInOne(settings)
     await stack.start()
+    tune_gc()
     scheme = "https" if settings.tls else "http"
     print(f"imstack is up: HTTP {scheme}://{settings.host}:{stack.http_port}  TCP {settings.host}:{stack.tcp.port}"
           + (f"  WebSocket ws://{settings.host}:{stack.ws.port}/ws" if stack.ws else ""), file=sys.stderr, flush=True)

@@ -60,6 +60,9 @@ class AccessNode:
         self.draining = False
         self._ids = itertools.count(1)
         self._sweeper: asyncio.Task[None] | None = None
+        # Set by start(): connections use it instead of asyncio.get_running_loop(), which on
+        # Python 3.11 makes a getpid() system call every time (seen in profiles per frame).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._kinds: dict[str, int] = {}
         # Where drained clients should reconnect: (host, port) for a gateway kind, or None.
         self.reconnect_target: Callable[[str], tuple[str, int] | None] = lambda kind: None
@@ -67,8 +70,9 @@ class AccessNode:
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+            self._sweeper = self.loop.create_task(self._sweep_idle())
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -111,7 +115,7 @@ class AccessNode:
                     del self.by_uid[uid]
             metrics.authenticated(conn.kind).dec()
             # S9: the session ends at once; messages for the user wait offline.
-            asyncio.get_running_loop().create_task(self._unbind(uid, conn.conn_id))
+            (self.loop or asyncio.get_running_loop()).create_task(self._unbind(uid, conn.conn_id))
 
     async def _unbind(self, uid: str, conn_id: int) -> None:
         try:

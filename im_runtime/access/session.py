@@ -56,6 +56,9 @@ class GatewayConnection:
     def _pause_reading(self, pause: bool) -> None:
         pass
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self.node.loop or asyncio.get_running_loop()
+
     # ---- identity -----------------------------------------------------------------------
 
     @property
@@ -73,7 +76,7 @@ class GatewayConnection:
         if not self.node.accepts():
             return False
         self.conn_id = self.node.opened(self)
-        self.last_seen = asyncio.get_running_loop().time()
+        self.last_seen = self._loop().time()
         return True
 
     def lost(self) -> None:
@@ -119,7 +122,8 @@ class GatewayConnection:
     def received(self, events: list[Frame | FrameError]) -> None:
         if not events:
             return
-        self.last_seen = asyncio.get_running_loop().time()
+        loop = self._loop()
+        self.last_seen = loop.time()
         counts = metrics.HOT.frames_in
         counts[self.kind] = counts.get(self.kind, 0) + len(events)
         inbox = self._inbox
@@ -127,7 +131,7 @@ class GatewayConnection:
             inbox = self._inbox = deque()
         inbox.extend(events)
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+            self._worker = loop.create_task(self._run())
         if len(inbox) > INBOX_HIGH and not self._paused:
             self._paused = True
             self._pause_reading(True)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import ssl
 
+from im_runtime.access.gateway import Gateway
 from im_runtime.access.node import AccessNode
 from im_runtime.access.session import GatewayConnection
 from im_runtime.protocol.types import DEFAULT_MAX_BODY
@@ -54,7 +55,7 @@ class TcpConnection(GatewayConnection, asyncio.Protocol):
             return
         if self._out is None:
             self._out = [data]
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop().call_soon(self._flush)
         else:
             self._out.append(data)
         self._out_bytes += len(data)
@@ -80,7 +81,7 @@ class TcpConnection(GatewayConnection, asyncio.Protocol):
             (self.transport.pause_reading if pause else self.transport.resume_reading)()
 
 
-class TcpGateway:
+class TcpGateway(Gateway):
     kind = "tcp"
 
     def __init__(
@@ -93,40 +94,10 @@ class TcpGateway:
         max_body: int = DEFAULT_MAX_BODY,
         backlog: int = 4096,
     ) -> None:
-        self.node = node
-        self.host = host
-        self.port = port
-        self.ssl_context = ssl_context
-        self.max_body = max_body
-        self.backlog = backlog
-        self._server: asyncio.base_events.Server | None = None
+        super().__init__(node, host, port, ssl_context=ssl_context, max_body=max_body, backlog=backlog)
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: TcpConnection(self.node, max_body=self.max_body),
-            self.host,
-            self.port,
-            ssl=self.ssl_context,
-            backlog=self.backlog,
-            reuse_address=True,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("tcp gateway listening", extra={"host": self.host, "port": self.port, "tls": self.ssl_context is not None})
-
-    @property
-    def connection_count(self) -> int:
-        return self.node.count(self.kind)
-
-    async def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def close(self) -> None:
-        await self.stop_accepting()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+    def _connection(self) -> TcpConnection:
+        return TcpConnection(self.node, max_body=self.max_body)
 
 
 def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:

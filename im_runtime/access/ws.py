@@ -32,8 +32,11 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from im_runtime import metrics
+from im_runtime.access.gateway import Gateway
 from im_runtime.access.node import AccessNode
 from im_runtime.access.session import GatewayConnection
+from im_runtime.access.state import ConnState
 from im_runtime.protocol.frame import Frame, FrameError, error_frame
 from im_runtime.protocol.types import DEFAULT_MAX_BODY, HEAD_LENGTH, ErrorCode
 
@@ -42,12 +45,10 @@ log = logging.getLogger(__name__)
 WS_PATH = "/ws"
 
 # WebSocket close codes (RFC 6455 section 7.4.1) used for the PROTOCOL.md rules.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
+CLOSE_NORMAL = 1000  # idle limit, KICK, end of a normal session
 CLOSE_UNSUPPORTED_DATA = 1003  # text messages
-CLOSE_INVALID_DATA = 1007  # a binary message that is not one whole protocol frame
-CLOSE_POLICY = 1008  # unauthenticated, idle, kicked
-CLOSE_TOO_BIG = 1009
+CLOSE_INVALID_DATA = 1007  # after ERROR BAD_FRAME: a message that is not one whole frame
+CLOSE_TOO_BIG = 1009  # after ERROR FRAME_TOO_LARGE
 
 # How long a closing connection may take to answer our close frame before the socket is cut.
 CLOSE_TIMEOUT = 3.0
@@ -76,7 +77,7 @@ class WsFraming:
     checks `closing`.
     """
 
-    __slots__ = ("_ws", "_path", "_fragments", "_too_big", "opened", "origin")
+    __slots__ = ("_ws", "_path", "_fragments", "_too_big", "opened", "origin", "refused")
 
     def __init__(
         self,
@@ -97,6 +98,7 @@ class WsFraming:
         self._too_big = 0  # 1: an oversized message was refused and its ERROR is due; 2: written
         self.opened = False
         self.origin: str | None = None
+        self.refused: str | None = None  # why the WebSocket layer itself ended the connection
 
     @property
     def state(self) -> State:
@@ -105,7 +107,9 @@ class WsFraming:
     @property
     def closing(self) -> bool:
         """True once the connection is on its way out (close sent or received, or refused)."""
-        return self._ws.state is not State.OPEN and (self.opened or self._ws.close_expected())
+        ws = self._ws
+        # eof_sent also covers a handshake refused, or failed by bad bytes pipelined behind it.
+        return ws.eof_sent or ws.state is State.CLOSING or ws.state is State.CLOSED
 
     @property
     def close_code(self) -> int | None:
@@ -133,6 +137,7 @@ class WsFraming:
             elif opcode is Opcode.TEXT or opcode is Opcode.CONT:
                 # PROTOCOL.md: on WebSocket, text messages are refused.
                 self._fragments = None
+                self.refused = "text message"
                 self.close(CLOSE_UNSUPPORTED_DATA, "text messages are refused; send binary frames")
                 break
             # PING (answered by websockets), PONG and CLOSE need nothing here.
@@ -140,6 +145,7 @@ class WsFraming:
             # websockets refused the frame from its header, before buffering its payload
             # (close 1009); the client still learns why in protocol terms.
             self._too_big = 1
+            self.refused = "message too large"
         return messages
 
     def receive_eof(self) -> None:
@@ -155,6 +161,8 @@ class WsFraming:
         if response.status_code == 101:
             self.opened = True
             self.origin = ws.origin
+        else:
+            self.refused = f"handshake {response.status_code}"
         # websockets' parser generator keeps the handshake request alive for the life of the
         # connection; its headers are ~2 KiB per idle connection that nobody reads again.
         request.headers = Headers()
@@ -166,14 +174,14 @@ class WsFraming:
         self._ws.send_binary(data)
         return True
 
-    def close(self, code: int = CLOSE_NORMAL, reason: str = "", *, last_message: bytes | None = None) -> None:
-        """Starts the closing handshake, after `last_message` (an ERROR or KICK frame) if given."""
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Starts the closing handshake after what is queued (a KICK, the last ERROR)."""
         ws = self._ws
+        if ws.eof_sent:
+            return  # already on its way out
         if ws.state is State.OPEN:
-            if last_message is not None:
-                ws.send_binary(last_message)
             ws.send_close(code, reason)
-        elif ws.state is State.CONNECTING and not ws.eof_sent:
+        elif ws.state is State.CONNECTING:
             ws.send_eof()
 
     def data_to_send(self) -> list[bytes]:
@@ -229,7 +237,11 @@ class WsConnection(GatewayConnection, asyncio.Protocol):
         self._flush()  # handshake answer, pongs, close frames
         if events:
             self.received(events)
-        if framing.closing:
+        if framing.closing and self.core.state is not ConnState.CLOSED:
+            if framing.refused is not None:
+                if framing.refused == "message too large":
+                    metrics.PROTOCOL_ERRORS.labels(str(int(ErrorCode.FRAME_TOO_LARGE))).inc()
+                log.info("ws connection refused", extra={"conn_id": self.conn_id, "uid": self.uid, "reason": framing.refused})
             self.close()
 
     def eof_received(self) -> bool:
@@ -284,7 +296,7 @@ class WsConnection(GatewayConnection, asyncio.Protocol):
             self.transport.abort()
 
 
-class WsGateway:
+class WsGateway(Gateway):
     """The WebSocket gateway of an access node: `ws://host:port/ws` (wss with `ssl`).
 
     Mirrors TcpGateway: start(), close(), stop_accepting(), port, connection_count.
@@ -306,52 +318,12 @@ class WsGateway:
         deflate: bool = False,
         backlog: int = 4096,
     ) -> None:
-        self.node = node
-        self.host = host
-        self.port = port
-        self.ssl_context = ssl
+        super().__init__(node, host, port, ssl_context=ssl, max_body=max_body, backlog=backlog)
         self.origins = tuple(origins) if origins else None
-        self.max_body = max_body
         self.deflate = deflate
-        self.backlog = backlog
-        self._server: asyncio.base_events.Server | None = None
 
     def _connection(self) -> WsConnection:
         return WsConnection(self.node, max_body=self.max_body, origins=self.origins, deflate=self.deflate)
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._connection,
-            self.host,
-            self.port,
-            ssl=self.ssl_context,
-            backlog=self.backlog,
-            reuse_address=True,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "ws gateway listening",
-            extra={
-                "host": self.host,
-                "port": self.port,
-                "path": WS_PATH,
-                "tls": self.ssl_context is not None,
-                "origins": list(self.origins or ()),
-                "deflate": self.deflate,
-            },
-        )
-
-    @property
-    def connection_count(self) -> int:
-        return self.node.count(self.kind)
-
-    async def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def close(self) -> None:
-        await self.stop_accepting()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+    def _describe(self) -> dict[str, object]:
+        return {"path": WS_PATH, "origins": list(self.origins or ()), "deflate": self.deflate}

@@ -40,6 +40,7 @@ class ThroughputJob:
     duration: float
     size: int
     local_addr: str | None = None
+    ws_path: str | None = None  # WebSocket instead of TCP
 
 
 @dataclass
@@ -192,10 +193,18 @@ async def run_throughput(job: ThroughputJob, ready, go, start_at) -> Tally:  # t
     tally = Tally()
     measuring = [False]
     conns = []
+    if job.ws_path:
+        from im_runtime.bench.wsconn import open_ws
+
+        def opener(p: Peer):  # type: ignore[no-untyped-def]
+            return open_ws(job.host, job.port, job.ws_path, p, tally, measuring, job.local_addr)
+    else:
+
+        def opener(p: Peer):  # type: ignore[no-untyped-def]
+            return _open(job.host, job.port, p, tally, measuring, job.local_addr)
+
     for i in range(0, len(job.peers), 100):
-        conns += await asyncio.gather(
-            *(_open(job.host, job.port, p, tally, measuring, job.local_addr) for p in job.peers[i : i + 100])
-        )
+        conns += await asyncio.gather(*(opener(p) for p in job.peers[i : i + 100]))
     await asyncio.gather(*(c.login() for c in conns))
     await asyncio.gather(*(c.refill_ids() for c in conns))
     ready.set()

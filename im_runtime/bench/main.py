@@ -32,6 +32,7 @@ def add_bench_parser(sub: Any) -> None:
     tp.add_argument("--group-size", type=int, default=0, help="send to groups of this many members instead of 1:1")
     tp.add_argument("--window", type=int, default=4, help="sends in flight per client when --rate is 0")
     tp.add_argument("--procs", type=int, default=1, help="load generator processes")
+    tp.add_argument("--ws", action="store_true", help="WebSocket clients instead of TCP")
     _common(tp)
     tp.set_defaults(func=run_bench)
 
@@ -113,6 +114,9 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--size must be at least 8 (the send timestamp)")
     target = Target(args)
     try:
+        if args.ws and target.ws is None:
+            raise SystemExit("the stack has no WebSocket gateway")
+        host, port = target.ws if args.ws else target.tcp
         run = f"b{int(time.time() * 1000) % 10_000_000}"
         uids = [f"{run}u{i}" for i in range(args.clients)]
         _progress(f"bench: minting {len(uids)} tokens", args.json)
@@ -137,9 +141,9 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         for k in range(args.procs):
             share = peers[k :: args.procs]
             job = ThroughputJob(
-                host=target.tcp[0], port=target.tcp[1], peers=share, rate_per_client=per_client,
+                host=host, port=port, peers=share, rate_per_client=per_client,
                 window=args.window, duration=args.duration, size=args.size,
-                local_addr=f"127.0.0.{2 + k % 200}",
+                local_addr=f"127.0.0.{2 + k % 200}", ws_path="/ws" if args.ws else None,
             )
             ready = ctx.Event()
             ready_events.append(ready)
@@ -181,6 +185,7 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         duration = statistics.median(durations)
         return {
             "mode": "group" if args.group_size > 1 else "single",
+            "transport": "ws" if args.ws else "tcp",
             "clients": len(peers),
             "rate_target": args.rate,
             "duration_s": round(duration, 2),

@@ -174,29 +174,25 @@ class HttpApi:
         return web.json_response({"group_id": group_id, "members": sorted(members)})
 
     async def put_members(self, request: web.Request) -> web.Response:
-        if not self._is_admin(request):
-            return _error(401, "admin key required")
-        members = await self._members_from(request)
-        if isinstance(members, web.Response):
-            return members
-        group_id = request.match_info["group_id"]
-        added = await self.stores.groups.add_members(group_id, members)
-        if added is None:
-            return _error(404, f"unknown group {group_id}")
-        await members_joined(self.stores, group_id, added)
-        return web.json_response({"group_id": group_id, "added": added})
+        return await self._change_members(request, add=True)
 
     async def delete_members(self, request: web.Request) -> web.Response:
+        return await self._change_members(request, add=False)
+
+    async def _change_members(self, request: web.Request, *, add: bool) -> web.Response:
         if not self._is_admin(request):
             return _error(401, "admin key required")
         members = await self._members_from(request)
         if isinstance(members, web.Response):
             return members
         group_id = request.match_info["group_id"]
-        removed = await self.stores.groups.remove_members(group_id, members)
-        if removed is None:
+        groups = self.stores.groups
+        changed = await (groups.add_members if add else groups.remove_members)(group_id, members)
+        if changed is None:
             return _error(404, f"unknown group {group_id}")
-        return web.json_response({"group_id": group_id, "removed": removed})
+        if add:
+            await members_joined(self.stores, group_id, changed)
+        return web.json_response({"group_id": group_id, "added" if add else "removed": changed})
 
     async def get_messages(self, request: web.Request) -> web.Response:
         token = self._bearer(request)

@@ -68,6 +68,7 @@ async def cluster_stores(
     dedup_pending_ttl_s: float | None = None,
     seq_block: int = 100,
     redis_max_connections: int = 64,
+    redis_reply_timeout_s: float = 10.0,
     mongo_max_pool_size: int = 32,
 ) -> Stores:
     """Stores backed by Redis (`redis_url`) and MongoDB (`mongo_url`, database `mongo_db`).
@@ -84,7 +85,7 @@ async def cluster_stores(
         await pools.close()
         raise
     messages = MongoMessageStore(db)
-    pipe = AutoPipeline(redis, redis_url)  # one pipelined path for every Redis store of this process
+    pipe = AutoPipeline(redis, redis_url, reply_timeout_s=redis_reply_timeout_s)  # one pipelined path for every Redis store of this process
     pools.pipe = pipe
     return Stores(
         sessions=RedisSessionStore(pipe),

@@ -20,19 +20,21 @@ from typing import Iterable
 
 from bson import Binary
 from prometheus_client import Counter
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from im_runtime.metrics import REGISTRY
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.storage.redis_store import RedisGroupCache
 
 _MAX_ID = 2**63 - 1
 
-MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message documents written (batched)")
-MESSAGE_BATCHES = Counter("imstack_mongo_message_batches_total", "insert_many batches of message documents")
-MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)")
+MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message saves that completed (duplicates included)", registry=REGISTRY)
+INSERT_BATCHES = Counter("imstack_mongo_insert_batches_total", "insert_many batches written by InsertBatcher", registry=REGISTRY)
+INSERT_DOCS = Counter("imstack_mongo_insert_documents_total", "Documents in those batches", registry=REGISTRY)
+MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)", registry=REGISTRY)
 
 
 def message_key(conversation_id: str, message_id: int) -> str:
@@ -46,86 +48,22 @@ async def ensure_indexes(db: AsyncDatabase) -> None:
     await db.group_members.create_index([("g", ASCENDING)], name="group")
 
 
-class Chain:
-    """A counter that only moves forward, atomic across nodes on any MongoDB-compatible server.
+class InsertBatcher:
+    """Coalesces concurrent inserts into one collection: callers queue a document and one
+    flusher writes everything queued with one unordered insert_many (one round trip and, on
+    FerretDB's SQLite, one transaction and one fsync per batch, where single inserts pay one
+    each), so batches grow with the load while a lone insert still costs one round trip.
+    Each caller gets its own outcome: None, or DuplicateKeyError / the write error."""
 
-    Why not one document and findOneAndUpdate($inc/$max)? MongoDB applies that atomically, but
-    FerretDB v1 (our test server) runs findAndModify as read, compute, replace: two nodes
-    could both read 10 and both be handed [10, 20). So every step is an *insert* whose `_id`
-    names the value it starts from (f"{name}#{from:020d}"): the unique `_id` lets exactly one
-    node move the counter on from a given value, the loser re-reads and retries. A head
-    document {_id: name, v} is only a hint of where the chain ends (walked forward from it with
-    `_id` lookups), so it may lag without harm. Links are never deleted: a node that read an
-    old value must still collide with the link that already moved on from it.
-    """
-
-    def __init__(self, collection: AsyncCollection, *, initial: int) -> None:
+    def __init__(self, collection: AsyncCollection, *, max_batch: int = 500, max_in_flight: int = 2) -> None:
         self._c = collection
-        self._initial = initial
-
-    @staticmethod
-    def _link(name: str, value: int) -> str:
-        return f"{name}#{value:020d}"
-
-    async def current(self, name: str) -> int:
-        head = await self._c.find_one({"_id": name}, {"v": 1})
-        value = int(head["v"]) if head else self._initial
-        for _ in range(10_000):  # bounded walk; the head lags by a few links at most
-            link = await self._c.find_one({"_id": self._link(name, value)}, {"v": 1})
-            if link is None:
-                return value
-            value = int(link["v"])
-        raise RuntimeError(f"chain {name!r} did not end within 10000 links")
-
-    async def advance(self, name: str, step) -> tuple[int, int]:
-        """Moves the counter from its current value to step(current) (> current); returns
-        (from, to). If step returns None (nothing to do), returns (current, current)."""
-        value = await self.current(name)
-        for _attempt in range(1000):
-            target = step(value)
-            if target is None:
-                return value, value
-            if target <= value:
-                raise ValueError("a chain only moves forward")
-            try:
-                await self._c.insert_one({"_id": self._link(name, value), "v": int(target)})
-            except DuplicateKeyError:  # another node moved on from `value` first: follow it
-                link = await self._c.find_one({"_id": self._link(name, value)}, {"v": 1})
-                if link is not None:
-                    value = int(link["v"])
-                continue
-            try:  # best-effort hint; a lagging or lost head only lengthens the next walk
-                await self._c.update_one({"_id": name}, {"$max": {"v": int(target)}}, upsert=True)
-            except DuplicateKeyError:
-                pass
-            return value, target
-        raise RuntimeError(f"chain {name!r}: too much contention")
-
-
-class MongoMessageStore:
-    """Saves are coalesced: concurrent save() calls queue their documents and one flusher
-    writes everything queued with one unordered insert_many (one round trip and, on FerretDB's
-    SQLite, one transaction per batch), so the batch grows with the load while a lone save
-    still costs a single round trip. Each caller returns only after its document is stored
-    (S11: the sender is acked after persistence); a duplicate counts as stored."""
-
-    def __init__(self, db: AsyncDatabase, *, max_batch: int = 500, max_in_flight: int = 2) -> None:
-        self._c = db.messages
         self._queue: list[tuple[dict, asyncio.Future]] = []
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._flushers: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
 
-    async def save(self, message: pb.Message) -> None:
-        doc = {
-            "_id": message_key(message.conversation_id, message.message_id),
-            "c": message.conversation_id,
-            "s": int(message.seq),
-            "m": int(message.message_id),
-            "t": int(message.server_time),
-            "b": Binary(message.SerializeToString()),
-        }
+    async def insert(self, doc: dict) -> None:
         future = asyncio.get_running_loop().create_future()
         self._queue.append((doc, future))
         if self._in_flight < self._max_in_flight:
@@ -141,18 +79,16 @@ class MongoMessageStore:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 failed: dict[int, Exception] = {}
-                MESSAGE_BATCHES.inc()
-                MESSAGES_SAVED.inc(len(batch))
+                INSERT_BATCHES.inc()
+                INSERT_DOCS.inc(len(batch))
                 try:
                     await self._c.insert_many([doc for doc, _ in batch], ordered=False)
                 except BulkWriteError as exc:
                     for error in exc.details.get("writeErrors", []):
-                        if error.get("code") != 11000:  # duplicates are idempotent successes
-                            failed[error["index"]] = OperationFailure(error.get("errmsg", "write error"), error.get("code"))
+                        message, code = error.get("errmsg", "write error"), error.get("code")
+                        failed[error["index"]] = (DuplicateKeyError if code == 11000 else OperationFailure)(message, code)
                 except Exception as exc:  # the whole batch failed (connection, timeout)
                     failed = dict.fromkeys(range(len(batch)), exc)
-                if failed:
-                    MESSAGE_SAVE_ERRORS.inc(len(failed))
                 for i, (_, future) in enumerate(batch):
                     if future.done():
                         continue
@@ -162,6 +98,120 @@ class MongoMessageStore:
                         future.set_result(None)
         finally:
             self._in_flight -= 1
+
+
+class _HeadHints:
+    """Background, batched `$max` upserts of Chain heads. A head is only a hint, so callers do
+    not wait for it; pending hints for one name collapse to the highest."""
+
+    def __init__(self, collection: AsyncCollection) -> None:
+        self._c = collection
+        self._pending: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+
+    def push(self, name: str, value: int) -> None:
+        if value > self._pending.get(name, -1):
+            self._pending[name] = value
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            ops = [UpdateOne({"_id": Chain.head(name)}, {"$max": {"v": v}}, upsert=True) for name, v in batch.items()]
+            try:
+                await self._c.bulk_write(ops, ordered=False)
+            except (BulkWriteError, DuplicateKeyError):
+                pass  # two nodes upserting one new head: the other one's value stands
+            except Exception:  # noqa: BLE001 - a lost hint only lengthens the next walk
+                pass
+
+
+class Chain:
+    """A counter that only moves forward, atomic across nodes on any MongoDB-compatible server.
+
+    Why not one document and findOneAndUpdate($inc/$max)? MongoDB applies that atomically, but
+    FerretDB v1 (our test server) runs findAndModify as read, compute, replace: two nodes
+    could both read 10 and both be handed [10, 20). So every step is an *insert* whose `_id`
+    names the value it starts from (f"{name}#{from:020d}"): the unique `_id` lets exactly one
+    node move the counter on from a given value, the loser re-reads and retries. A head
+    document {_id: f"{name}#head", v} is only a hint of where the chain ends (walked forward from it with
+    `_id` lookups), so it may lag without harm. Links are never deleted: a node that read an
+    old value must still collide with the link that already moved on from it.
+    """
+
+    def __init__(self, collection: AsyncCollection, *, initial: int) -> None:
+        self._c = collection
+        self.initial = initial
+        self._links = InsertBatcher(collection)
+        self._heads = _HeadHints(collection)
+
+    # Ids end in a fixed-width suffix, so no name can spell another name's link or head.
+    @staticmethod
+    def _link(name: str, value: int) -> str:
+        return f"{name}#{value:020d}"
+
+    @staticmethod
+    def head(name: str) -> str:
+        return f"{name}#head"
+
+    async def current(self, name: str) -> int:
+        head = await self._c.find_one({"_id": self.head(name)}, {"v": 1})
+        value = int(head["v"]) if head else self.initial
+        for _ in range(10_000):  # bounded walk; the head lags by a few links at most
+            link = await self._c.find_one({"_id": self._link(name, value)}, {"v": 1})
+            if link is None:
+                return value
+            value = int(link["v"])
+        raise RuntimeError(f"chain {name!r} did not end within 10000 links")
+
+    async def advance(self, name: str, step, *, known: int | None = None) -> tuple[int, int]:
+        """Moves the counter from its current value to step(current) (> current); returns
+        (from, to). If step returns None (nothing to do), returns (current, current).
+        `known`: a value the caller just read (saves the walk; if stale, the insert collides
+        and the chain is followed from there)."""
+        value = await self.current(name) if known is None else known
+        for _attempt in range(1000):
+            target = step(value)
+            if target is None:
+                return value, value
+            if target <= value:
+                raise ValueError("a chain only moves forward")
+            try:
+                await self._links.insert({"_id": self._link(name, value), "v": int(target)})
+            except DuplicateKeyError:  # another node moved on from `value` first: find the end
+                value = await self.current(name)
+                continue
+            self._heads.push(name, int(target))  # a lagging or lost head only lengthens the next walk
+            return value, target
+        raise RuntimeError(f"chain {name!r}: too much contention")
+
+
+class MongoMessageStore:
+    """Saves are coalesced (InsertBatcher): each caller returns only after its own document is
+    stored (S11: the sender is acked after persistence); a duplicate counts as stored."""
+
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._c = db.messages
+        self._inserts = InsertBatcher(db.messages)
+
+    async def save(self, message: pb.Message) -> None:
+        doc = {
+            "_id": message_key(message.conversation_id, message.message_id),
+            "c": message.conversation_id,
+            "s": int(message.seq),
+            "m": int(message.message_id),
+            "t": int(message.server_time),
+            "b": Binary(message.SerializeToString()),
+        }
+        try:
+            await self._inserts.insert(doc)
+        except DuplicateKeyError:
+            pass  # idempotent per (conversation_id, seq) and per message id
+        except Exception:
+            MESSAGE_SAVE_ERRORS.inc()
+            raise
+        MESSAGES_SAVED.inc()
 
     async def range(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False
@@ -199,6 +249,12 @@ class MongoSeqFloor:
         _, mark = await self._chain.advance(conversation_id, lambda cur: None if cur >= at_least else int(at_least))
         return mark
 
+    async def restart(self, conversation_id: str, block: int) -> tuple[int, int]:
+        """For a missing counter: reserves the next block after the durable mark, trying the
+        empty chain first (a new conversation then costs one insert and no reads). Returns
+        (mark before, mark after): every seq ever handed out is <= the mark before."""
+        return await self._chain.advance(conversation_id, lambda cur: cur + block, known=self._chain.initial)
+
     async def reserved(self, conversation_id: str) -> int:
         return await self._chain.current(conversation_id)
 
@@ -223,7 +279,7 @@ class MongoSegmentStore:
 
 class MongoGroupStore:
     """`groups` {_id: group} says a group exists; `group_members` holds one document per
-    membership, {_id: f"{group}|{uid}", g, u}. Adding is an insert and removing a delete of
+    membership, {_id: f"{len(group)}:{group}|{uid}", g, u}. Adding is an insert and removing a delete of
     that document, each atomic on its own, so concurrent changes from several nodes are exact
     and report exactly what they changed (no read-modify-write of a member array). Reads go
     through the Redis cache (RedisGroupCache), which every write invalidates."""
@@ -234,8 +290,12 @@ class MongoGroupStore:
         self._cache = cache
 
     @staticmethod
-    def _doc(group_id: str, uid: str) -> dict:
-        return {"_id": f"{group_id}|{uid}", "g": group_id, "u": uid}
+    def _id(group_id: str, uid: str) -> str:
+        # length-prefixed: no group/uid pair can spell another pair's id, whatever they contain
+        return f"{len(group_id)}:{group_id}|{uid}"
+
+    def _doc(self, group_id: str, uid: str) -> dict:
+        return {"_id": self._id(group_id, uid), "g": group_id, "u": uid}
 
     async def _insert(self, group_id: str, members: list[str]) -> list[str]:
         if not members:
@@ -272,7 +332,7 @@ class MongoGroupStore:
         if await self._groups.find_one({"_id": group_id}, {"_id": 1}) is None:
             return None
         members = list(dict.fromkeys(members))
-        results = await asyncio.gather(*(self._members.delete_one({"_id": f"{group_id}|{m}"}) for m in members))
+        results = await asyncio.gather(*(self._members.delete_one({"_id": self._id(group_id, m)}) for m in members))
         removed = [m for m, r in zip(members, results) if r.deleted_count]
         if removed:
             await self._cache.invalidate(group_id)

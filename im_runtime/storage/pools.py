@@ -22,13 +22,16 @@ from prometheus_client import Counter
 from pymongo import AsyncMongoClient
 from redis.exceptions import NoScriptError, ResponseError
 
+from im_runtime.metrics import REGISTRY
+
 
 # Batch-level metrics (cheap: one update per write, not per command). The ratio
 # commands/writes is the average pipeline depth.
-REDIS_COMMANDS = Counter("imstack_redis_pipeline_commands_total", "Commands sent on the pipelined Redis connections")
-REDIS_WRITES = Counter("imstack_redis_pipeline_writes_total", "Socket writes carrying those commands")
-REDIS_CONNECTS = Counter("imstack_redis_pipeline_connects_total", "Pipelined Redis connections opened")
-REDIS_LOST = Counter("imstack_redis_pipeline_connections_lost_total", "Pipelined Redis connections lost")
+REDIS_COMMANDS = Counter("imstack_redis_pipeline_commands_total", "Commands sent on the pipelined Redis connections", registry=REGISTRY)
+REDIS_WRITES = Counter("imstack_redis_pipeline_writes_total", "Socket writes carrying those commands", registry=REGISTRY)
+REDIS_CONNECTS = Counter("imstack_redis_pipeline_connects_total", "Pipelined Redis connections opened", registry=REGISTRY)
+REDIS_LOST = Counter("imstack_redis_pipeline_connections_lost_total", "Pipelined Redis connections lost", registry=REGISTRY)
+REDIS_TIMEOUTS = Counter("imstack_redis_pipeline_timeouts_total", "Pipelined Redis connections closed for lack of replies", registry=REGISTRY)
 
 
 class EvictionPolicyError(RuntimeError):
@@ -91,21 +94,41 @@ class _RespProtocol(asyncio.Protocol):
     """One pipelined Redis connection: commands are packed by hiredis (C), written once per
     event-loop turn, and replies (parsed by hiredis) resolve the waiting futures in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout_s: float = 10.0) -> None:
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future] = deque()
         self._out: list[bytes] = []
         self._write_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        # Watchdog: while replies are awaited, some must arrive every reply_timeout_s, else
+        # the connection is closed and its callers fail (a hung Redis must not hang us).
+        self._reply_timeout = reply_timeout_s
+        self._progress = 0.0  # loop time of the last reply, or of the first wait after idling
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self._reply_timeout / 4, self._check)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.lost:
+            return
+        if self._waiting and loop.time() - self._progress > self._reply_timeout:
+            REDIS_TIMEOUTS.inc()
+            self._fail(ConnectionError(f"Redis sent no reply for {self._reply_timeout:g} s"))
+            self.lost = True
+            self.transport.abort()
+            return
+        self._watchdog = loop.call_later(self._reply_timeout / 4, self._check)
 
     def data_received(self, data: bytes) -> None:
+        self._progress = asyncio.get_running_loop().time()
         self._reader.feed(data)
         while True:
             try:
@@ -128,6 +151,8 @@ class _RespProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         REDIS_LOST.inc()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._fail(ConnectionError(f"Redis connection lost: {exc or 'closed by the server'}"))
 
     def _fail(self, exc: Exception) -> None:
@@ -140,6 +165,8 @@ class _RespProtocol(asyncio.Protocol):
         if self.lost:
             future.set_exception(ConnectionError("Redis connection lost"))
             return
+        if not self._waiting:
+            self._progress = asyncio.get_running_loop().time()
         self._out.append(hiredis.pack_command(args))
         self._waiting.append(future)
         if not self._write_scheduled:
@@ -168,11 +195,13 @@ class AutoPipeline:
 
     Lua scripts go as EVALSHA; a NOSCRIPT reply (Redis restarted and lost its script cache)
     loads the script and retries that call. A lost connection fails the calls in flight on it
-    (the caller decides whether to retry) and is replaced on the next call.
+    (the caller decides whether to retry) and is replaced on the next call; so does a
+    connection that gets no reply for `reply_timeout_s` while calls wait (a hung Redis).
     """
 
-    def __init__(self, client: aioredis.Redis, url: str, *, connections: int = 2) -> None:
+    def __init__(self, client: aioredis.Redis, url: str, *, connections: int = 2, reply_timeout_s: float = 10.0) -> None:
         self.client = client
+        self._reply_timeout = reply_timeout_s
         parsed = urlparse(url)
         if parsed.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r} (redis:// or rediss://)")
@@ -197,7 +226,10 @@ class AutoPipeline:
                 return conn
             loop = asyncio.get_running_loop()
             _, conn = await asyncio.wait_for(
-                loop.create_connection(_RespProtocol, self._host, self._port, ssl=self._ssl), timeout=10
+                loop.create_connection(
+                    lambda: _RespProtocol(self._reply_timeout), self._host, self._port, ssl=self._ssl
+                ),
+                timeout=10,
             )
             REDIS_CONNECTS.inc()
             hello = []

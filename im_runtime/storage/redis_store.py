@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from typing import Iterable, Protocol
 
 from im_runtime.proto import imstack_pb2 as pb
@@ -185,6 +186,8 @@ class SeqFloor(Protocol):
 
     async def reserve(self, conversation_id: str, at_least: int) -> int:
         """Raises the durable high-water mark to >= at_least; returns the mark."""
+    async def restart(self, conversation_id: str, block: int) -> tuple[int, int]:
+        """Reserves `block` more after the durable mark: (mark before, mark after)."""
     async def reserved(self, conversation_id: str) -> int:
         """The durable high-water mark (0 if none)."""
     async def stored_max(self, conversation_id: str) -> int:
@@ -192,28 +195,35 @@ class SeqFloor(Protocol):
     async def stored_maxes(self, conversation_ids: list[str]) -> dict[str, int]: ...
 
 
-# KEYS: counter hash {c = last seq handed out, m = reserved mark}
-# returns {1, seq} | {0, c} (mark reached: reserve more) | {-1, 0} (counter lost: recover)
+# KEYS: counter hash {c = last seq handed out, m = reserved mark}, restart lock
+# ARGV: 1 = may take the restart lock, lock ttl ms
+# returns {1, seq} | {0, c} (mark reached: reserve more) | {-1, 0} (counter missing: the caller
+# now holds the restart lock and restarts it) | {-2, 0} (counter missing, another caller restarts)
 _SEQ_NEXT = """
 local v = redis.call('HMGET', KEYS[1], 'c', 'm')
-if not v[1] or not v[2] then return {-1, 0} end
+if not v[1] or not v[2] then
+  if ARGV[1] == '1' and redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return {-1, 0} end
+  return {-2, 0}
+end
 local c = tonumber(v[1])
 if c < tonumber(v[2]) then return {1, redis.call('HINCRBY', KEYS[1], 'c', 1)} end
 return {0, c}
 """
 
-# KEYS: counter hash; ARGV: floor (restart point when the counter is lost), mark, recovering
-# Raises m to the mark (max-only); recreates a lost counter at the floor only when the caller
-# computed that floor from MongoDB (recovering = 1): a floor read from Redis before a loss may
-# be below seqs another node handed out since. Then hands out one seq if it can.
+# KEYS: counter hash, restart lock; ARGV: floor, mark, recovering (1 = the caller holds the
+# restart lock and computed the floor from MongoDB).
+# Raises m to the mark (max-only); recreates a missing counter at the floor only when
+# recovering: a floor read from Redis before a loss may be below seqs handed out since.
+# Then hands out one seq if it can.
 _SEQ_INSTALL = """
 local v = redis.call('HMGET', KEYS[1], 'c', 'm')
 local c = tonumber(v[1] or '0')
 local m = tonumber(v[2] or '0')
 local floor = tonumber(ARGV[1])
 local mark = tonumber(ARGV[2])
+if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 if not v[1] or not v[2] then
-  if ARGV[3] ~= '1' then return {-1, 0} end
+  if ARGV[3] ~= '1' then return {-2, 0} end
   if c < floor then c = floor end
 end
 if mark > m then m = mark end
@@ -225,20 +235,28 @@ return {0, c}
 
 class RedisSequenceStore:
     """`im:seq:{t}:<conversation>` hash {c, m}. INCR-speed in the common case (one Lua call);
-    every `block` seqs one MongoDB chain step (mongo_store.Chain) raises the reserved mark."""
+    every `block` seqs one MongoDB chain step (mongo_store.Chain) raises the reserved mark.
 
-    def __init__(self, pipe: AutoPipeline, floor: SeqFloor, *, block: int = 100) -> None:
+    A missing counter (new conversation, or lost with Redis) is restarted by one caller in the
+    whole cluster at a time: `im:seqr:{t}:<conversation>` (SET NX PX, same slot) is the restart
+    lock; other callers poll until the counter is back (or the lock expires, when its holder
+    died). Without it, a node restarting a brand-new conversation could collide with another
+    node's fresh block, take it for a lost counter and start above it (a gap at the start).
+    Within one process the slow path is single-flight per conversation (asyncio lock)."""
+
+    def __init__(self, pipe: AutoPipeline, floor: SeqFloor, *, block: int = 100, restart_ttl_s: float = 10) -> None:
         self._p = pipe
         self._floor = floor
         self._block = block
+        self._restart_ttl_ms = int(restart_ttl_s * 1000)
         self._next = pipe.client.register_script(_SEQ_NEXT)
         self._install = pipe.client.register_script(_SEQ_INSTALL)
         # single flight per conversation for the slow path: lock and how many callers use it
         self._slow: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def next_seq(self, conversation_id: str) -> int:
-        key = _key("seq", conversation_id)
-        status, value = await self._p.script(self._next, [key], [])
+        keys = [_key("seq", conversation_id), _key("seqr", conversation_id)]
+        status, value = await self._p.script(self._next, keys, [0, self._restart_ttl_ms])
         if status == 1:
             return int(value)
         lock, users = self._slow.get(conversation_id, (None, 0))
@@ -247,23 +265,7 @@ class RedisSequenceStore:
         self._slow[conversation_id] = (lock, users + 1)
         try:
             async with lock:
-                for _attempt in range(8):
-                    status, value = await self._p.script(self._next, [key], [])  # another caller may have refilled
-                    if status == 1:
-                        return int(value)
-                    recovering = status == -1
-                    if recovering:  # counter lost: restart above everything ever handed out
-                        reserved, stored = await asyncio.gather(
-                            self._floor.reserved(conversation_id), self._floor.stored_max(conversation_id)
-                        )
-                        floor = max(reserved, stored)
-                    else:
-                        floor = int(value)
-                    mark = await self._floor.reserve(conversation_id, floor + self._block)
-                    status, value = await self._p.script(self._install, [key], [floor, mark, 1 if recovering else 0])
-                    if status == 1:
-                        return int(value)
-                raise RuntimeError(f"seq counter for {conversation_id!r} could not be refilled")
+                return await self._refill(conversation_id, keys)
         finally:
             lock, users = self._slow[conversation_id]
             if users == 1:
@@ -271,15 +273,47 @@ class RedisSequenceStore:
             else:
                 self._slow[conversation_id] = (lock, users - 1)
 
+    async def _refill(self, conversation_id: str, keys: list[str]) -> int:
+        deadline = time.monotonic() + 3 * self._restart_ttl_ms / 1000
+        pause = 0.002
+        while time.monotonic() < deadline:
+            status, value = await self._p.script(self._next, keys, [1, self._restart_ttl_ms])
+            if status == 1:  # another caller refilled meanwhile
+                return int(value)
+            if status == -2:  # another node restarts the counter: wait for it
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                continue
+            recovering = status == -1
+            try:
+                if recovering:  # we hold the restart lock: a new conversation, or lost with Redis
+                    floor, mark = await self._floor.restart(conversation_id, self._block)
+                    if floor > 0:  # a real loss (rare): the stored messages are a second floor
+                        floor = max(floor, await self._floor.stored_max(conversation_id))
+                else:
+                    floor = int(value)
+                    mark = await self._floor.reserve(conversation_id, floor + self._block)
+            except BaseException:
+                if recovering:  # let another caller take over at once
+                    await self._p.call("DEL", keys[1])
+                raise
+            status, value = await self._p.script(self._install, keys, [floor, mark, 1 if recovering else 0])
+            if status == 1:
+                return int(value)
+        raise RuntimeError(f"seq counter for {conversation_id!r} could not be refilled in time")
+
     async def latest_seqs(self, conversation_ids: Iterable[str]) -> dict[str, int]:
         convs = list(dict.fromkeys(conversation_ids))
         if not convs:
             return {}
         replies = await asyncio.gather(*(self._p.call("HGET", _key("seq", conv), "c") for conv in convs))
         result = {c: int(v) for c, v in zip(convs, replies) if v is not None}
-        lost = [c for c in convs if c not in result]
-        if lost:  # no counter (never used, or lost with Redis): the stored messages know
-            result.update(await self._floor.stored_maxes(lost))
+        missing = [c for c in convs if c not in result]
+        if missing:  # no counter: never used (no mark either), or lost with Redis
+            marks = await asyncio.gather(*(self._floor.reserved(c) for c in missing))
+            lost = [c for c, mark in zip(missing, marks) if mark > 0]
+            if lost:  # the stored messages know the latest seq
+                result.update(await self._floor.stored_maxes(lost))
         return {c: result.get(c, 0) for c in convs}
 
 
@@ -308,7 +342,7 @@ class RedisDedupStore:
     def __init__(self, pipe: AutoPipeline, *, ttl_s: float = 24 * 3600, pending_ttl_s: float | None = None) -> None:
         self._p = pipe
         self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._pending_ttl_ms = max(1, int((pending_ttl_s if pending_ttl_s is not None else min(ttl_s, 120)) * 1000))
+        self._pending_ttl_ms = max(1, int((pending_ttl_s if pending_ttl_s is not None else min(ttl_s, 30)) * 1000))
         self._claim = pipe.client.register_script(_DEDUP_CLAIM)
 
     @staticmethod

@@ -39,3 +39,9 @@ def test_connections_reports_rss_per_connection():
 def test_connections_over_websocket():
     r = _bench("connections", "--ws", "--count", "200", "--procs", "2", "--hold", "1")
     assert r["transport"] == "ws" and r["connections"] == 200 and r["failed"] == 0 and r["alive_at_end"] == 200
+
+
+def test_throughput_over_websocket_delivers_every_acked_message():
+    r = _bench("throughput", "--ws", "--duration", "2", "--clients", "16", "--rate", "300")
+    assert r["transport"] == "ws" and r["errors"] == 0 and r["delivered_per_s"] > 0
+    assert abs(r["delivered_per_s"] - r["acked_per_s"]) <= 0.02 * r["acked_per_s"] + 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 from dataclasses import dataclass, field
 
@@ -77,9 +78,11 @@ class RawClient:
 
 
 class Stack:
+    with_ws = False
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = AllInOne(settings, with_ws=False)
+        self.app = AllInOne(settings, with_ws=self.with_ws)
         self._clients: list = []
 
     async def start(self) -> "Stack":
@@ -126,11 +129,13 @@ class Stack:
         return raw
 
     async def close(self) -> None:
-        for c in self._clients:
-            if isinstance(c, ImClient):
-                await c.close()
-            else:
-                c.close()
+        for c in reversed(self._clients):
+            try:
+                result = c.close()  # SDK and websockets clients close asynchronously
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                pass  # already closed by the test
         await self.http.close()
         await self.app.close()
 

@@ -1,5 +1,4 @@
 """The HTTP API of PROTOCOL.md on the route role."""
-import aiohttp
 
 from im_runtime.client import GROUP
 

@@ -16,8 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from im_runtime.client import ImClient
-from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.protocol.types import RequestType
 
 
 def make_cert(tmp_path):

@@ -46,7 +46,13 @@ async def bench(redis_url: str, mongo_url: str, n: int, concurrency: int) -> Non
 
     results = {}
     results["dedup.claim"] = await run_many(n, concurrency, lambda i: s.dedup.claim(f"s{i % pairs}", i))
-    results["sequences.next_seq"] = await run_many(n, concurrency, lambda i: s.sequences.next_seq(f"s{i % pairs}:r{i % pairs}"))
+    # first seq of each conversation: one MongoDB chain step (4 round trips) reserves a block
+    results["sequences.next_seq, new conversations"] = await run_many(
+        pairs, concurrency, lambda i: s.sequences.next_seq(f"s{i % pairs}:r{i % pairs}")
+    )
+    results["sequences.next_seq"] = await run_many(
+        n, concurrency, lambda i: s.sequences.next_seq(f"s{i % pairs}:r{i % pairs}")
+    )
     results["offline.add"] = await run_many(n, concurrency, lambda i: s.offline.add(f"r{i % pairs}", message(i)))
     results["sessions.lookup"] = await run_many(n, concurrency, lambda i: s.sessions.lookup([f"r{i % pairs}"]))
     results["messages.save"] = await run_many(n // 4, concurrency, lambda i: s.messages.save(message(i, seq=1_000_000 + i)))

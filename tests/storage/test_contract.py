@@ -160,6 +160,15 @@ async def test_seq_concurrent_next_seq_from_two_nodes_is_exact(engine: Engine) -
     assert (await other.sequences.latest_seqs([conv]))[conv] == 400
 
 
+async def test_seq_new_conversations_started_by_several_nodes_at_once_start_at_one(engine: Engine) -> None:
+    nodes = [engine.stores] + [await engine.another() for _ in range(3)]
+    convs = [new_id("c") for _ in range(20)]
+    got = await asyncio.gather(*(node.sequences.next_seq(conv) for conv in convs for node in nodes for _ in range(3)))
+    for k, conv in enumerate(convs):
+        mine = got[k * 12 : (k + 1) * 12]
+        assert sorted(mine) == list(range(1, 13)), f"{conv}: {sorted(mine)}"
+
+
 async def test_seq_never_goes_backwards_when_the_fast_store_loses_everything(engine: Engine) -> None:
     stores = engine.stores
     conv = new_id("c")
@@ -275,6 +284,26 @@ async def test_groups_create_add_remove(engine: Engine) -> None:
     assert await g.create(empty, []) is True
     assert await g.members(empty) == frozenset()
     assert await g.create(empty, ["a"]) is False
+
+
+async def test_ids_with_separator_characters_stay_apart(engine: Engine) -> None:
+    g, base = engine.stores.groups, new_id("g")
+    assert await g.create(f"{base}|x", ["y"]) is True
+    assert await g.create(base, ["x|y"]) is True
+    assert await g.members(f"{base}|x") == frozenset({"y"})
+    assert await g.remove_members(base, ["y"]) == []
+    assert await g.members(base) == frozenset({"x|y"})
+    s, uid, node = engine.stores.sessions, new_id("u|{odd}:"), new_id("node")
+    await s.bind(uid, f"{node}|a", 1, "d")
+    await s.bind(uid, node, 2, "d")
+    assert await s.lookup([uid]) == {uid: [node, f"{node}|a"]}
+    assert await s.drop_node(node) == 1
+    assert await s.lookup([uid]) == {uid: [f"{node}|a"]}
+    seg = engine.stores.segments
+    name = new_id("seg")
+    assert await seg.lease(name, 5) == (1, 6)
+    assert await seg.lease(f"{name}#head", 5) == (1, 6)  # a name that looks like a head id
+    assert await seg.lease(name, 5) == (6, 11)
 
 
 async def test_groups_concurrent_updates_from_two_nodes(engine: Engine) -> None:
@@ -468,8 +497,7 @@ async def test_redis_calls_share_few_connections_and_errors_stay_with_their_call
     import redis.asyncio as aioredis
     from redis.exceptions import ResponseError
 
-    from prometheus_client import REGISTRY
-
+    from im_runtime.metrics import REGISTRY
     from im_runtime.storage.pools import AutoPipeline, redis_client
 
     def metric(name: str) -> float:
@@ -499,3 +527,84 @@ async def test_redis_calls_share_few_connections_and_errors_stay_with_their_call
         await pipe.close()
         await client.aclose()
         await admin.aclose()
+
+
+async def test_seq_restart_waits_for_another_nodes_restart_and_takes_over_when_it_dies(cluster_servers) -> None:
+    import redis.asyncio as aioredis
+
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.redis_store import _key
+
+    stores = await cluster_stores(cluster_servers.redis.url, cluster_servers.mongo.url, "imstack_contract")
+    admin = aioredis.Redis.from_url(cluster_servers.redis.url)
+    try:
+        conv = new_id("c")
+        # a node took the restart lock for this new conversation and died before installing it
+        assert await admin.set(_key("seqr", conv), "1", nx=True, px=400)
+        started = time.monotonic()
+        assert await stores.sequences.next_seq(conv) == 1  # waited, took over, no gap
+        assert time.monotonic() - started >= 0.3
+        assert await admin.exists(_key("seqr", conv)) == 0  # released after the install
+        assert await stores.sequences.next_seq(conv) == 2
+    finally:
+        await admin.aclose()
+        await stores.close()
+
+
+async def test_a_hung_redis_fails_calls_instead_of_hanging_them(cluster_servers, tmp_path) -> None:
+    import signal
+
+    from im_runtime.storage.cluster import cluster_stores
+    from tests.servers.redis import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    stores = await cluster_stores(server.url, cluster_servers.mongo.url, "imstack_contract", redis_reply_timeout_s=1)
+    try:
+        uid, conv = new_id("u"), new_id("c")
+        assert await stores.offline.add(uid, msg(conv, 1)) == 1
+        server.process.send_signal(signal.SIGSTOP)  # Redis stops answering, connections stay open
+        try:
+            started = time.monotonic()
+            with pytest.raises(ConnectionError, match="no reply"):
+                await asyncio.wait_for(stores.offline.backlog(uid), timeout=10)
+            assert time.monotonic() - started < 5
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert await stores.offline.backlog(uid) == 1
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline, "stores never recovered after Redis resumed"
+                await asyncio.sleep(0.05)
+    finally:
+        await stores.close()
+        server.stop()
+
+
+async def test_redis_url_with_password_and_database_is_honoured(cluster_servers, tmp_path) -> None:
+    import redis.asyncio as aioredis
+
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.redis_store import _key
+    from tests.servers.redis import start_redis
+
+    server = start_redis(tmp_path / "redis", extra_args=["--requirepass", "s3cret/pw"])
+    url = f"redis://:s3cret%2Fpw@127.0.0.1:{server.port}/3"
+    stores = await cluster_stores(url, cluster_servers.mongo.url, "imstack_contract")
+    admin = aioredis.Redis.from_url(url)
+    try:
+        conv, uid = new_id("c"), new_id("u")
+        assert await stores.sequences.next_seq(conv) == 1
+        assert await stores.offline.add(uid, msg(conv, 1)) == 1
+        assert await admin.exists(_key("seq", conv), _key("off", uid)) == 2  # in database 3
+        db0 = aioredis.Redis.from_url(f"redis://:s3cret%2Fpw@127.0.0.1:{server.port}/0")
+        try:
+            assert await db0.dbsize() == 0
+        finally:
+            await db0.aclose()
+    finally:
+        await admin.aclose()
+        await stores.close()
+        server.stop()

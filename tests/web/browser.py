@@ -20,7 +20,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parents[2]
+# Every run writes its screenshots to artifacts/screenshots (git-ignored); the committed
+# copies under docs/screenshots (for the README) are refreshed when missing or when
+# IMSTACK_UPDATE_SCREENSHOTS=1, so a test run does not dirty the tree with new timestamps.
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1100, "height": 680}
 WAIT_MS = 15_000
 
@@ -97,9 +102,13 @@ class ChatPage:
         return await self.page.locator(".message .bubble").all_inner_texts()
 
     async def screenshot(self, name: str) -> Path:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / name
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / name
         await self.page.screenshot(path=str(path))
+        docs = SCREENSHOTS / name
+        if os.environ.get("IMSTACK_UPDATE_SCREENSHOTS") == "1" or not docs.exists():
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            docs.write_bytes(path.read_bytes())
         return path
 
     async def close(self) -> None:

@@ -7,30 +7,16 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from playwright.async_api import async_playwright
 from websockets.asyncio.client import ClientConnection, connect
 
-from im_runtime.allinone import AllInOne
-from im_runtime.client import ImClient, RetryPolicy
-from im_runtime.config import Settings
+from im_runtime.client import ImClient
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import decode_body, encode_message
 from im_runtime.protocol.types import RequestType
+from tests.e2e.conftest import Stack, make_settings
 from tests.web.browser import ChatPage, launch
-
-
-def make_settings(**overrides) -> Settings:
-    s = Settings()
-    s.host = "127.0.0.1"
-    s.http_port = s.tcp_port = s.ws_port = 0
-    s.admin_key = "web-test-admin-key"
-    s.token_key = "web-test-token-key-0123456789"
-    s.dev_login = True
-    for key, value in overrides.items():
-        setattr(s, key, value)
-    return s
 
 
 @dataclass
@@ -71,72 +57,26 @@ class WsRaw:
                 return got
 
 
-class WebStack:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.app = AllInOne(settings, with_ws=True)
-        self._closers: list = []
+class WebStack(Stack):
+    """The e2e stack with its WebSocket gateway, plus raw WebSocket clients."""
 
-    async def start(self) -> "WebStack":
-        await self.app.start()
-        self.http = aiohttp.ClientSession(self.http_url)
-        return self
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.app.http_port}"
+    with_ws = True
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.app.ws.port}/ws"
 
-    @property
-    def tcp_port(self) -> int:
-        return self.app.tcp.port
-
-    async def admin(self, method: str, path: str, body=None):
-        headers = {"Authorization": f"Bearer {self.settings.admin_key}"}
-        async with self.http.request(method, path, json=body, headers=headers) as resp:
-            return resp.status, await resp.json()
-
-    async def token(self, uid: str) -> str:
-        status, body = await self.admin("POST", "/v1/tokens", {"uid": uid})
-        assert status == 200, body
-        return body["token"]
-
-    async def group(self, group_id: str, members: list[str]) -> None:
-        status, body = await self.admin("POST", "/v1/groups", {"group_id": group_id, "members": members})
-        assert status == 201, body
-
     async def tcp_client(self, uid: str) -> ImClient:
-        c = ImClient(
-            uid,
-            await self.token(uid),
-            port=self.tcp_port,
-            http_url=self.http_url,
-            retry=RetryPolicy(attempts=4, base_delay=0.05, ack_timeout=3),
-        )
-        await c.connect()
-        self._closers.append(c.close)
-        return c
+        return await self.client(uid)
 
     async def ws_raw(self, uid: str | None = None, **connect_kwargs) -> WsRaw:
         ws = await connect(self.ws_url, compression=None, max_size=None, **connect_kwargs)
         raw = WsRaw(ws)
-        self._closers.append(ws.close)
+        self._clients.append(ws)
         if uid is not None:
             _, _, resp = await raw.request(RequestType.AUTH_REQ, pb.AuthRequest(uid=uid, token=await self.token(uid)))
             assert resp.code == 0, resp
         return raw
-
-    async def close(self) -> None:
-        for close in reversed(self._closers):
-            try:
-                await close()
-            except Exception:
-                pass
-        await self.http.close()
-        await self.app.close()
 
 
 @pytest.fixture

@@ -115,6 +115,50 @@ async def test_reconnect_shows_status_and_sends_what_was_written_offline(pages, 
     await bob.expect_message("written while offline")
 
 
+async def test_kick_moves_the_page_to_the_gateway_it_names(pages, web_stack):
+    from im_runtime.access.ws import WsGateway
+
+    second = WsGateway(web_stack.app.node, "127.0.0.1", 0)
+    await second.start()
+    try:
+        alice = await pages("alice")
+        bob = await pages("bob")
+        (conn,) = web_stack.app.node.by_uid["alice"]
+        conn.kick(503, "node draining", "127.0.0.1", second.port)
+        await alice.page.wait_for_function(
+            f"window.imstack.client.status === 'online' && window.imstack.client.url === 'ws://127.0.0.1:{second.port}/ws'",
+            timeout=WAIT_MS,
+        )
+        assert second.connection_count == 2  # the node counts ws connections of both gateways
+        await alice.open_conversation("bob")
+        await alice.send("after the move")
+        await alice.expect_state("after the move", "delivered")
+        await expect(bob.unread_badge("s:alice:bob")).to_have_text("1", timeout=WAIT_MS)
+        await bob.click_conversation("s:alice:bob")
+        await bob.expect_message("after the move")
+    finally:
+        await second.close()
+
+
+async def test_same_device_elsewhere_stops_the_page_until_asked(pages, web_stack):
+    from im_runtime.proto import imstack_pb2 as pb
+    from im_runtime.protocol.types import RequestType
+
+    alice = await pages("alice")
+    device = await alice.page.evaluate("window.imstack.client.deviceId")
+    other = await web_stack.ws_raw()
+    _, _, resp = await other.request(
+        RequestType.AUTH_REQ, pb.AuthRequest(uid="alice", token=await web_stack.token("alice"), device_id=device)
+    )
+    assert resp.code == 0
+    await alice.expect_status("replaced")  # no reconnect loop that would kick the other back
+    await expect(alice.page.locator("#status-text")).to_contain_text("Signed in elsewhere")
+    await alice.page.click("#status")
+    await alice.expect_status("online")
+    kind, _, kick = await other.expect(RequestType.KICK)
+    assert kick.code == 409
+
+
 async def test_tcp_client_and_browser_talk(pages, web_stack):
     await web_stack.group("ops", ["alice", "dave"])
     alice = await pages("alice")
@@ -199,3 +243,39 @@ async def _wait_offline_empty(web_stack, uid: str, timeout: float = 10.0) -> Non
     while (await web_stack.app.stores.offline.pull(uid, 0, 1))[0]:
         assert loop.time() < deadline, f"{uid}'s offline queue did not empty"
         await asyncio.sleep(0.05)
+
+
+async def test_page_over_https_uses_wss(browser, web_stack_factory, tmp_path):
+    """With a certificate configured the page is served over HTTPS and connects with wss
+    (S8): the address it picks from ipList follows the page's scheme."""
+    import subprocess
+
+    from tests.web.browser import VIEWPORT, ChatPage
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    stack = await web_stack_factory(tls_cert=str(cert), tls_key=str(key))
+    base = f"https://127.0.0.1:{stack.app.http_port}/"
+    pages = []
+    for uid in ("alice", "bob"):
+        # The test's own certificate is not in chromium's trust store.
+        context = await browser.new_context(viewport=VIEWPORT, ignore_https_errors=True)
+        page = ChatPage(await context.new_page(), base)
+        pages.append(page)
+        await page.sign_in(uid)
+    alice, bob = pages
+    try:
+        url = await alice.page.evaluate("window.imstack.client.url")
+        assert url == f"wss://127.0.0.1:{stack.app.ws.port}/ws"
+        await alice.open_conversation("bob")
+        await alice.send("over TLS")
+        await alice.expect_state("over TLS", "delivered")
+        await expect(bob.unread_badge("s:alice:bob")).to_have_text("1", timeout=WAIT_MS)
+    finally:
+        for page in pages:
+            await page.close()
+    assert not alice.errors and not bob.errors

@@ -65,6 +65,7 @@ def test_other_paths_get_404_and_close():
     assert response.status_code == 404
     assert not server.opened
     assert server.closing
+    assert server.refused == "handshake 404"
 
 
 @pytest.mark.parametrize(
@@ -120,6 +121,7 @@ def test_text_message_is_refused_with_close_1003():
     assert len(closes) == 1
     assert struct.unpack("!H", closes[0].data[:2])[0] == CLOSE_UNSUPPORTED_DATA
     assert not server.send_message(b"late"), "nothing is sent after the close"
+    assert server.refused == "text message"
 
 
 def test_oversized_message_gets_frame_too_large_then_close_1009():
@@ -140,3 +142,44 @@ def test_oversized_message_gets_frame_too_large_then_close_1009():
     err = pb.Error.FromString(bytes(frames[0].data[20:]))
     assert err.code == ErrorCode.FRAME_TOO_LARGE
     assert struct.unpack("!H", frames[1].data[:2])[0] == 1009
+    assert server.refused == "message too large"
+
+
+_HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _feed(server: WsFraming, chunks) -> None:
+    for chunk in chunks:
+        messages = server.receive_data(chunk)
+        assert all(isinstance(m, bytes) for m in messages)
+        assert all(isinstance(d, bytes) for d in server.data_to_send())
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.booleans())
+def test_fuzz_random_bytes_never_raise(data, after_handshake):
+    """STYLE 3: whatever arrives, the WebSocket layer turns it into messages or a close."""
+    whole = WsFraming(max_body=64)
+    prefix = _HANDSHAKE if after_handshake else b""
+    _feed(whole, [prefix + data])
+    by_byte = WsFraming(max_body=64)
+    _feed(by_byte, [prefix] + [data[i : i + 1] for i in range(len(data))])
+    assert whole.closing == by_byte.closing or not data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([Opcode.BINARY, Opcode.TEXT, Opcode.CONT, Opcode.PING]), st.binary(max_size=120), st.booleans()), max_size=6))
+def test_fuzz_masked_frame_sequences_never_raise(frames):
+    server = WsFraming(max_body=64)
+    _feed(server, [_HANDSHAKE])
+    for opcode, payload, fin in frames:
+        if opcode is Opcode.PING:
+            fin = True  # a fragmented control frame cannot even be serialized
+        _feed(server, [WsFrame(opcode, payload, fin=fin).serialize(mask=True, extensions=[])])
+        assert server.closing or server.state is State.OPEN

@@ -24,6 +24,7 @@ export const Status = Object.freeze({
   ONLINE: "online",
   RECONNECTING: "reconnecting",
   UNAUTHORIZED: "unauthorized",
+  REPLACED: "replaced", // the same device signed in on another connection (KICK 409)
   CLOSED: "closed",
 });
 
@@ -149,7 +150,7 @@ export class ImClient extends EventTarget {
 
   /** Connects and keeps the connection up until close(). Resolves when first online. */
   start() {
-    if (this.status === Status.IDLE || this.status === Status.CLOSED) {
+    if (this.status === Status.IDLE || this._stopped()) {
       this._setStatus(Status.CONNECTING);
       this._connect();
     }
@@ -196,7 +197,7 @@ export class ImClient extends EventTarget {
   }
 
   async _connect() {
-    if (this.status === Status.CLOSED || this.status === Status.UNAUTHORIZED) return;
+    if (this._stopped()) return;
     let url = this._kickUrl;
     this._kickUrl = null;
     try {
@@ -267,19 +268,26 @@ export class ImClient extends EventTarget {
   }
 
   _unauthorized(message) {
-    this._setStatus(Status.UNAUTHORIZED, message);
-    for (const w of [...this._onlineWaiters]) w.reject(new ProtocolError(ErrorCode.UNAUTHENTICATED, message || "token refused"));
+    this._stopReconnecting(Status.UNAUTHORIZED, message);
+  }
+
+  /** Ends the connection for good (until start() again): token refused, or replaced. */
+  _stopReconnecting(status, message) {
+    this._setStatus(status, message);
+    clearTimeout(this._reconnectTimer);
+    const code = status === Status.UNAUTHORIZED ? ErrorCode.UNAUTHENTICATED : ErrorCode.DUPLICATE;
+    for (const w of [...this._onlineWaiters]) w.reject(new ProtocolError(code, message || status));
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;
       try {
-        ws.close(1000, "unauthorized");
+        ws.close(1000, status);
       } catch {
         /* already closed */
       }
     }
     this._stopTimers();
-    this._failInflight(new Disconnected("unauthorized"));
+    this._failInflight(new Disconnected(status));
   }
 
   _onClose(ws, ev) {
@@ -287,13 +295,17 @@ export class ImClient extends EventTarget {
     this._ws = null;
     this._stopTimers();
     this._failInflight(new Disconnected(`closed ${ev && ev.code}`));
-    if (this.status === Status.CLOSED || this.status === Status.UNAUTHORIZED) return;
+    if (this._stopped()) return;
     this._setStatus(Status.RECONNECTING, ev && ev.reason);
     this._scheduleReconnect();
   }
 
+  _stopped() {
+    return this.status === Status.CLOSED || this.status === Status.UNAUTHORIZED || this.status === Status.REPLACED;
+  }
+
   _scheduleReconnect() {
-    if (this.status === Status.CLOSED || this.status === Status.UNAUTHORIZED) return;
+    if (this._stopped()) return;
     clearTimeout(this._reconnectTimer);
     const delay = this._kickUrl
       ? Math.round(this.random() * this.opts.reconnectBaseMs) // the kicker named a node: go now, spread out
@@ -439,6 +451,12 @@ export class ImClient extends EventTarget {
 
   _onKick(kick) {
     this._emit("kick", kick);
+    if (kick.code === ErrorCode.DUPLICATE && !kick.reconnect_host) {
+      // Replaced by a newer connection of the same device: reconnecting would only kick
+      // that one in turn, back and forth.
+      this._stopReconnecting(Status.REPLACED, kick.message);
+      return;
+    }
     if (kick.reconnect_host && kick.reconnect_port) {
       const scheme = this.url && this.url.startsWith("wss:") ? "wss" : "ws";
       this._kickUrl = `${scheme}://${kick.reconnect_host}:${kick.reconnect_port}/ws`;
@@ -530,7 +548,7 @@ export class ImClient extends EventTarget {
   async _withRetry(attempt) {
     let lastError;
     for (let i = 0; i < this.opts.sendAttempts; i++) {
-      if (this.status === Status.CLOSED || this.status === Status.UNAUTHORIZED) break;
+      if (this._stopped()) break;
       try {
         if (this.status !== Status.ONLINE) await this.whenOnline(this.opts.requestTimeoutMs);
         return await attempt();

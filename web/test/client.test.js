@@ -254,3 +254,45 @@ test("backoff and read-poll schedules", () => {
     assert.equal(backoffDelay(a, 500, 8000, () => 0), Math.round(d / 2));
   }
 });
+
+test("a gap the history cannot fill is skipped, not waited on forever", async (t) => {
+  const server = new FakeServer();
+  server.handlers[T.PULL_HISTORY_REQ] = (socket, frame) => {
+    server.reply(socket, T.PULL_HISTORY_RESP, frame.sequence, { messages: [], has_more: false });
+  };
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  const m1 = server.store({ from: "bob", to: "alice", text: "1" });
+  server.store({ from: "bob", to: "alice", text: "2 (lost for good)" });
+  const m3 = server.store({ from: "bob", to: "alice", text: "3" });
+  server.push(m1);
+  server.push(m3);
+  await until(() => events.message.length === 2, { what: "skip past the hole" });
+  assert.deepEqual(events.message.map((e) => e.message.seq), [1, 3]);
+  assert.equal(server.frames(T.PULL_HISTORY_REQ).length, 1);
+});
+
+test("a KICK without an address reconnects through the normal path with backoff", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  server.reply(server.socket, T.KICK, 0, { code: 503, message: "node draining" });
+  await until(() => server.sockets.length === 2 && client.status === Status.ONLINE, { what: "reconnect" });
+  assert.equal(server.socket.url, "ws://a:9001/ws");
+  assert.equal(events.kick[0].code, 503);
+  assert.ok(events.status.some((s) => s.status === "reconnecting"));
+});
+
+test("a KICK 409 (same device signed in elsewhere) stops instead of kicking back", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  server.reply(server.socket, T.KICK, 0, { code: 409, message: "signed in on the same device elsewhere" });
+  await until(() => client.status === Status.REPLACED, { what: "replaced" });
+  await new Promise((r) => setTimeout(r, 60));
+  assert.equal(server.sockets.length, 1, "no reconnect");
+  assert.equal(events.status.at(-1).status, "replaced");
+  await client.start(); // the user may take the session back explicitly
+  assert.equal(client.status, Status.ONLINE);
+  assert.equal(server.sockets.length, 2);
+});

@@ -125,6 +125,7 @@ const STATUS_TEXT = {
   [Status.ONLINE]: "Online",
   [Status.RECONNECTING]: "Reconnecting…",
   [Status.UNAUTHORIZED]: "Token refused",
+  [Status.REPLACED]: "Signed in elsewhere · click to reconnect",
   [Status.CLOSED]: "Offline",
 };
 
@@ -288,6 +289,8 @@ function render() {
 /** After each (re)connect: fill in previews of remembered conversations (newest message). */
 let previewsLoaded = false;
 function onOnline() {
+  const active = model.convs.get(model.active);
+  if (active && !active.historyLoaded && !active.loadingNewest) loadNewest(active);
   if (previewsLoaded) return;
   previewsLoaded = true;
   for (const conv of [...model.convs.values()].slice(0, 30)) {
@@ -311,11 +314,12 @@ async function openConversation(convId) {
   renderMessages({ keepBottom: true });
   $("composer-input").focus();
   watchReads(conv);
-  if (!conv.historyLoaded) await loadNewest(conv);
+  if (!conv.historyLoaded && !conv.loadingNewest) await loadNewest(conv);
   markRead(conv);
 }
 
 async function loadNewest(conv) {
+  conv.loadingNewest = true;
   try {
     await model.client.whenOnline(15_000);
     const page = await model.client.history(conv.id, { limit: 30 });
@@ -326,7 +330,9 @@ async function loadNewest(conv) {
     renderConversations();
     markRead(conv);
   } catch (err) {
-    console.warn("history failed", err);
+    console.warn("history failed", err); // tried again on the next (re)connect
+  } finally {
+    conv.loadingNewest = false;
   }
 }
 
@@ -589,6 +595,9 @@ function init() {
   });
   $("devlogin-button").addEventListener("click", devLogin);
   $("signout").addEventListener("click", () => signOut());
+  $("status").addEventListener("click", () => {
+    if (model.client && model.client.status === Status.REPLACED) model.client.start().catch(() => {});
+  });
   $("open-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const target = $("open-target").value.trim();
