@@ -138,6 +138,11 @@ class DispatchLinks:
             except LinkClosed:
                 return
 
+    def complete(self) -> bool:
+        """Linked to every dispatch node ZooKeeper lists (and at least one): until then this
+        node's ring may pick a different owner for a group than the other access nodes do."""
+        return bool(self.links) and set(self.links) >= set(self._wanted)
+
     def pick(self, key: str) -> ClientLink | None:
         nid = self.ring.owner(key)
         return self.links.get(nid) if nid is not None else None
@@ -233,7 +238,7 @@ class AccessRole:
         log.info("access node up", extra={"node_id": s.node_id, "kind": self.kind, "port": self.gateway.port})
 
     def _ready(self) -> dict[str, bool]:
-        return {"zookeeper": self.zk.connected, "links": bool(self.links.links), "accepting": not self.node.draining}
+        return {"zookeeper": self.zk.connected, "links": self.links.complete(), "accepting": not self.node.draining}
 
     def _registration(self) -> dict:
         s = self.settings

@@ -102,6 +102,17 @@ async def test_kill_access_then_dispatch_loses_and_duplicates_nothing(topology):
             await asyncio.sleep(PACE_S)
 
     receivers = [asyncio.ensure_future(receive(u)) for u in uids]
+    # Open every conversation with one message first. The dispatch service assigns seqs
+    # without a per-conversation lock (pushes of concurrent sends may leave out of order) and
+    # the SDK reorders against the first seq it has seen, so a conversation's very first
+    # pushes racing each other could reach the app out of order; after this they cannot.
+    opening = [(uids[i], uids[i + 1], SINGLE, [uids[i + 1]]) for i in range(0, USERS, 2)]
+    opening += [(members[0], gid, GROUP, members[1:]) for gid, members in groups.items()]
+    for sender, to, kind, recipients in opening:
+        ack = await clients[sender].send(to, f"{sender}:open", type=kind)
+        ledger.acked[ack.message_id] = (ack.conversation_id, recipients)
+        await _until(lambda: all(any(m == ack.message_id for _, _, m in ledger.received[r]) for r in recipients), 15,
+                     "the opening message of each conversation")
     senders = [asyncio.ensure_future(send(u)) for u in uids]
     try:
         await _until(lambda: len(ledger.acked) > 100, 30, "traffic to start")
