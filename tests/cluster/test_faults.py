@@ -57,7 +57,10 @@ async def test_kill_access_then_dispatch_loses_and_duplicates_nothing(topology):
     clients: dict[str, ImClient] = {}
     for i, u in enumerate(uids):
         node = access[i % 2]  # half on each access node; reconnects go through ipList
-        c = ImClient(u, topology.token(u), port=node.ports["tcp"], retry=retry, heartbeat_s=2.0)
+        # gap_wait_s: how long the SDK holds a message above a gap before filling it from
+        # history and then giving up on the gap; on this shared 2-core box a concurrent send
+        # of the same conversation can take longer to persist than the default half second.
+        c = ImClient(u, topology.token(u), port=node.ports["tcp"], retry=retry, heartbeat_s=2.0, gap_wait_s=5.0)
         await c.connect()
         c.http_url = topology.http_url
         clients[u] = c
@@ -102,12 +105,14 @@ async def test_kill_access_then_dispatch_loses_and_duplicates_nothing(topology):
             await asyncio.sleep(PACE_S)
 
     receivers = [asyncio.ensure_future(receive(u)) for u in uids]
-    # Open every conversation with one message first. The dispatch service assigns seqs
+    # Open every conversation first. The dispatch service assigns seqs
     # without a per-conversation lock (pushes of concurrent sends may leave out of order) and
     # the SDK reorders against the first seq it has seen, so a conversation's very first
     # pushes racing each other could reach the app out of order; after this they cannot.
-    opening = [(uids[i], uids[i + 1], SINGLE, [uids[i + 1]]) for i in range(0, USERS, 2)]
-    opening += [(members[0], gid, GROUP, members[1:]) for gid, members in groups.items()]
+    # Two senders each, so every member has received one (a sender's own message does not
+    # tell its SDK where the conversation stands).
+    opening = [(a, b, SINGLE, [b]) for i in range(0, USERS, 2) for a, b in ((uids[i], uids[i + 1]), (uids[i + 1], uids[i]))]
+    opening += [(m, gid, GROUP, [x for x in members if x != m]) for gid, members in groups.items() for m in members[:2]]
     for sender, to, kind, recipients in opening:
         ack = await clients[sender].send(to, f"{sender}:open", type=kind)
         ledger.acked[ack.message_id] = (ack.conversation_id, recipients)
