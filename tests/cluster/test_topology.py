@@ -53,8 +53,26 @@ async def test_messages_flow_through_separate_processes(topology):
 
 async def test_registrations_in_zookeeper(topology):
     topology.start_route()
-    topology.start_dispatch("dispatch-1")
-    topology.start_access("access-1")
+    dispatch = topology.start_dispatch("dispatch-1")
+    access = topology.start_access("access-1")
+    # probes and metrics of every process; gRPC health of route
+    for port in (access.ports["metrics"], dispatch.ports["metrics"]):
+        assert http_json(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        assert http_json(f"http://127.0.0.1:{port}/readyz")[1]["ready"] is True
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{access.ports['metrics']}/metrics", timeout=5).read().decode()
+    assert "imstack_dispatch_links 1.0" in text
+    # structured logs: one JSON object per line
+    lines = [line for line in access.log_path.read_text().splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["level"] for line in lines)
+    from im_runtime.route.grpc_client import RouteClient
+
+    route = RouteClient(f"127.0.0.1:{topology.grpc_port}")
+    try:
+        assert await route.health()
+    finally:
+        await route.close()
     zk = KazooClient(hosts=topology.servers.zk.hosts)
     zk.start(timeout=10)
     try:
