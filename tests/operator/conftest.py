@@ -133,11 +133,15 @@ def operator_process(control_plane: ControlPlane, kube: Kube, tmp_path_factory) 
 
 
 @pytest.fixture
-def namespace(kube: Kube, operator_process: OperatorRunner) -> str:
+def namespace(kube: Kube, operator_process: OperatorRunner) -> Iterator[str]:
     operator_process.ensure_running()
     ns = f"t-{uuid.uuid4().hex[:8]}"
     kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    return ns
+    yield ns
+    # No namespace controller runs here, so delete this test's ImClusters explicitly: the
+    # operator must not keep reconciling them for the rest of the session.
+    for item in kube.request("GET", CR_PATH.format(ns=ns)).get("items", []):
+        delete_cluster(kube, ns, item["metadata"]["name"])
 
 
 def create_cluster(kube: Kube, ns: str, name: str, spec: dict) -> dict:

@@ -124,9 +124,9 @@ def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace
         assert ann.get("controller.kubernetes.io/pod-deletion-cost") == "-1000000"
         for n in (names[0], names[1], names[3]):
             assert "controller.kubernetes.io/pod-deletion-cost" not in (kube.get("Pod", ns, n)["metadata"].get("annotations") or {})
-        cl = get_cluster(kube, ns, "im")
-        assert "drained im-access-2" in cl["status"]["autoscaling"]["lastScaleReason"]
-        assert any(e["reason"] == "ScaledDown" for e in events(kube, ns))
+        # Status and Events follow the Deployment (kopf writes status after the pass).
+        wait_for(lambda: "drained im-access-2" in get_cluster(kube, ns, "im")["status"]["autoscaling"]["lastScaleReason"], what="status names the drain")
+        wait_for(lambda: any(e["reason"] == "ScaledDown" for e in events(kube, ns)), what="ScaledDown event")
         assert replicas(kube, ns) == 3  # one pod at a time: still 3 while 22 connections need 3
 
         # The pod is gone: its registration expires and the operator deletes the drain request.
@@ -172,7 +172,7 @@ def test_a_restarted_operator_resumes_the_drain_it_started(kube: Kube, namespace
             time.sleep(0.2)
         pods.set(a[1], 0, draining=True)
         wait_for(lambda: kube.get("Deployment", ns, "im-access")["spec"]["replicas"] == 2, timeout=15, what="scale down after the resumed drain")
-        assert f"drained {a[1]}" in get_cluster(kube, ns, "im")["status"]["autoscaling"]["lastScaleReason"]
+        wait_for(lambda: f"drained {a[1]}" in get_cluster(kube, ns, "im")["status"]["autoscaling"]["lastScaleReason"], what="status names the drain")
     finally:
         zk.stop()
         zk.close()

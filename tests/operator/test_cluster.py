@@ -4,8 +4,10 @@ refusal of bad specs, garbage collection."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
+import yaml
 
 from im_operator.kubeapi import Kube, KubeError
 
@@ -120,6 +122,13 @@ def test_apply_creates_children_then_ready_and_repairs(kube: Kube, namespace: st
 
 
 def test_bad_specs_are_refused_by_the_schema(kube: Kube, namespace: str):
+    # The example of docs/operator.md is accepted as it stands (server-side dry run).
+    text = (Path(__file__).resolve().parents[2] / "docs/operator.md").read_text()
+    example = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    example["metadata"]["namespace"] = namespace
+    got = kube.request("POST", f"/apis/imstack.io/v1alpha1/namespaces/{namespace}/imclusters", query={"dryRun": "All"}, body=example)
+    assert got["spec"]["access"]["maxReplicas"] == 20 and got["spec"]["wsAccess"]["drainTimeoutSeconds"] == 120
+
     bad = [
         ({"access": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must not exceed maxReplicas"),
         ({"zookeeper": {"managed": {"replicas": 2}}}, "odd number"),
