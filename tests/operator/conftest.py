@@ -51,10 +51,8 @@ def control_plane(tmp_path_factory) -> Iterator[ControlPlane]:
         cp.stop()
 
 
-@pytest.fixture(scope="session")
-def kube(control_plane: ControlPlane) -> Kube:
-    client = kubernetes.config.new_client_from_config(config_file=control_plane.kubeconfig)
-    k = Kube(client)
+def install_crd(k: Kube) -> None:
+    """Create the ImCluster CRD (crds/imcluster.yaml's content) and wait until it is served."""
     try:
         k.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body=crd.crd())
     except KubeError as e:
@@ -67,6 +65,16 @@ def kube(control_plane: ControlPlane) -> Kube:
 
     wait_for(established, what="ImCluster CRD established")
     wait_for(lambda: k.request("GET", f"/apis/{crd.GROUP}/{crd.VERSION}/{crd.PLURAL}") is not None, what="ImCluster API served")
+
+
+def kube_for(cp: ControlPlane) -> Kube:
+    return Kube(kubernetes.config.new_client_from_config(config_file=cp.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Kube:
+    k = kube_for(control_plane)
+    install_crd(k)
     return k
 
 
@@ -135,13 +143,18 @@ def operator_process(control_plane: ControlPlane, kube: Kube, tmp_path_factory) 
 @pytest.fixture
 def namespace(kube: Kube, operator_process: OperatorRunner) -> Iterator[str]:
     operator_process.ensure_running()
-    ns = f"t-{uuid.uuid4().hex[:8]}"
-    kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    ns = make_namespace(kube)
     yield ns
     # No namespace controller runs here, so delete this test's ImClusters explicitly: the
     # operator must not keep reconciling them for the rest of the session.
     for item in kube.request("GET", CR_PATH.format(ns=ns)).get("items", []):
         delete_cluster(kube, ns, item["metadata"]["name"])
+
+
+def make_namespace(kube: Kube) -> str:
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    return ns
 
 
 def create_cluster(kube: Kube, ns: str, name: str, spec: dict) -> dict:
