@@ -21,7 +21,7 @@ import pytest
 
 from im_operator import crd
 from im_operator.kubeapi import Kube, KubeError
-from tests.servers.kube import ControlPlane, start_control_plane
+from tests.servers.kube import ControlPlane, free_port, start_control_plane
 from tests.servers.zookeeper import ZooKeeperServer, start_zookeeper
 
 CR_PATH = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{{ns}}/{crd.PLURAL}"
@@ -94,14 +94,17 @@ class OperatorRunner:
         self.kubeconfig, self.log_dir = kubeconfig, log_dir
         self.proc: subprocess.Popen | None = None
         self.runs = 0
+        self.metrics_port = 0
 
     def start(self) -> None:
         self.runs += 1
         log_path = self.log_dir / f"operator-{self.runs}.log"
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "IMSTACK_OPERATOR_INTERVAL": "1"}
+        self.metrics_port = free_port()
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "im_operator.main", "--interval", "1", "--liveness", ""],
+                [sys.executable, "-m", "im_operator.main", "--interval", "1", "--liveness", "",
+                 "--metrics-port", str(self.metrics_port), "--metrics-host", "127.0.0.1"],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )
         time.sleep(0.5)

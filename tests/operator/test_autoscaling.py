@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 
 import pytest
 from kazoo.client import KazooClient
@@ -49,7 +50,7 @@ def replicas(kube: Kube, ns: str) -> int:
     return kube.get("Deployment", ns, "im-access")["spec"]["replicas"]
 
 
-def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace: str, zookeeper):
+def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace: str, zookeeper, operator_process):
     ns = namespace
     root = f"/imstack/{ns}-im"
     zk = KazooClient(hosts=zookeeper.hosts)
@@ -134,6 +135,13 @@ def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace
         wait_for(lambda: pods.drains() == [], timeout=10, what="drain znode removed after the pod left")
         time.sleep(2)
         assert replicas(kube, ns) == 3
+
+        # The operator's own metrics say the same.
+        body = urllib.request.urlopen(f"http://127.0.0.1:{operator_process.metrics_port}/metrics", timeout=5).read().decode()
+        lbl = f'component="access",name="im",namespace="{ns}"'
+        assert f"imstack_operator_desired_replicas{{{lbl}}} 3.0" in body
+        assert f'imstack_operator_scale_events_total{{action="ScaleDown",{lbl}}} 1.0' in body
+        assert f'imstack_operator_scale_events_total{{action="StartDrain",{lbl}}} 1.0' in body
     finally:
         zk.stop()
         zk.close()
