@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["IMSTACK_OPERATOR_INTERVAL"] = str(args.interval)
     if args.zk:
         os.environ["IMSTACK_OPERATOR_ZK"] = args.zk
+    os.environ["IMSTACK_OPERATOR_NAMESPACES"] = ",".join(args.namespace)
     handler = logging.StreamHandler()
     if args.log_format == "json":
         handler.setFormatter(JsonFormatter())

@@ -41,7 +41,7 @@ def all_present(kube: Kube, ns: str) -> bool:
     return all(kube.get(kind, ns, name) is not None for kind, name in EXPECTED)
 
 
-def test_apply_creates_children_then_ready_and_repairs(kube: Kube, namespace: str, zookeeper):
+def test_apply_creates_children_then_ready_and_repairs(kube: Kube, namespace: str, zookeeper, operator_process):
     ns = namespace
     created = create_cluster(kube, ns, "im", spec_for(zookeeper.hosts))
     uid = created["metadata"]["uid"]
@@ -116,9 +116,13 @@ def test_apply_creates_children_then_ready_and_repairs(kube: Kube, namespace: st
     patch_cluster(kube, ns, "im", {"spec": {"wsAccess": {"enabled": False}}})
     wait_for(lambda: kube.get("Deployment", ns, "im-ws-access") is None and kube.get("Service", ns, "im-ws-access") is None, what="ws children pruned")
 
-    # Deleting the ImCluster removes its children (garbage collector, owner references).
+    # Deleting the ImCluster removes its children (garbage collector, owner references), even
+    # with the operator stopped: no finalizer waits for it.
+    assert not get_cluster(kube, ns, "im")["metadata"].get("finalizers")
+    operator_process.stop()
     delete_cluster(kube, ns, "im")
     wait_for(lambda: all(kube.get(k, ns, n) is None for k, n in EXPECTED), timeout=60, what="children garbage-collected")
+    operator_process.start()
 
 
 def test_bad_specs_are_refused_by_the_schema(kube: Kube, namespace: str):
