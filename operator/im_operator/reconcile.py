@@ -37,7 +37,8 @@ ACCESS_KINDS = (("tcp", "access", "access"), ("ws", "wsAccess", "ws-access"))
 @dataclass
 class _Memory:
     scalers: dict[str, scaling.State] = field(default_factory=dict)
-    warned: set[str] = field(default_factory=set)
+    warned: set[str] = field(default_factory=set)  # warnings already posted as Events
+    warned_now: set[str] = field(default_factory=set)  # ... and those still true this pass
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -109,10 +110,16 @@ class Reconciler:
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         mem = self.memory(uid)
         with mem.lock:
-            return self._reconcile(body, name=name, namespace=namespace, uid=uid, mem=mem, emit=emit, autoscale=autoscale)
+            mem.warned_now = set()
+            try:
+                return self._reconcile(body, name=name, namespace=namespace, uid=uid, mem=mem, emit=emit, autoscale=autoscale)
+            finally:
+                # A warning that stopped being true is forgotten, so it is posted again if it returns.
+                mem.warned &= mem.warned_now
 
     def _warn_once(self, mem: _Memory, emit: Emit, reason: str, message: str) -> None:
         key = f"{reason}:{message}"
+        mem.warned_now.add(key)
         if key not in mem.warned:
             mem.warned.add(key)
             emit("Warning", reason, message)
