@@ -76,6 +76,7 @@ def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace
         pods.set(names[0], 35)
         wait_for(lambda: replicas(kube, ns) == 4, timeout=15, what="scale up to 4")
         scale_up_s = time.monotonic() - t0
+        print(f"scale-up latency: {scale_up_s:.2f} s")
         assert scale_up_s < 5, scale_up_s
         cl = wait_for(lambda: (c := get_cluster(kube, ns, "im"))["status"].get("connections") == 35 and c, what="status connections")
         assert cl["status"]["autoscaling"]["desiredReplicas"] == 4 and "35 connections" in cl["status"]["autoscaling"]["lastScaleReason"]
@@ -107,6 +108,7 @@ def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace
             pods.set(n, c)
         t_drop = time.monotonic()
         wait_for(lambda: pods.drains() == [names[2]], timeout=STABILIZATION + 10, what="drain of the emptiest pod")
+        print(f"drain started {time.monotonic() - t_drop:.2f} s after the drop (window {STABILIZATION} s)")
         assert time.monotonic() - t_drop >= STABILIZATION - 2.5  # not before the window
         drain = json.loads(zk.get(f"{root}/drain/{names[2]}")[0])
         assert drain["rate_per_s"] == 7 and drain["deadline"] > time.time()
