@@ -80,6 +80,16 @@ async def test_drain_znode_moves_clients_and_sigterm_exits(topology):
 
         a1.process.send_signal(signal.SIGTERM)
         assert a1.process.wait(timeout=30) == 0
+
+        # SIGTERM with clients connected: they are KICKed to the other node, then it exits.
+        a3 = topology.start_access("access-3")
+        live = clients[:3]
+        before = {id(c): c.reconnects for c in live}
+        a2.process.send_signal(signal.SIGTERM)
+        await _until(lambda: all(c.reconnects > before[id(c)] and c.connected.is_set() for c in live), 30,
+                     "clients to leave the terminating node")
+        assert all(c.port == a3.ports["tcp"] for c in live)
+        assert a2.process.wait(timeout=30) == 0
     finally:
         zk.stop()
         zk.close()
