@@ -113,8 +113,10 @@ def add_role_parsers(sub) -> None:  # type: ignore[no-untyped-def]
     access = sub.add_parser("access", help="run one access node (cluster mode)")
     _add(access, _COMMON | {"--port": "port", "--idle-timeout": "idle_timeout"})
     access.add_argument("--ws", action="store_true", help="WebSocket gateway instead of TCP")
-    access.add_argument("--drain-rate", type=float, default=200.0, help="KICKs per second when draining on SIGTERM")
-    access.add_argument("--grace", type=float, default=25.0, help="seconds to drain on SIGTERM before exiting")
+    access.add_argument("--drain-rate", type=float, default=float(os.environ.get("IMSTACK_DRAIN_RATE", "200")),
+                        help="KICKs per second when draining on SIGTERM (env IMSTACK_DRAIN_RATE, default 200)")
+    access.add_argument("--grace", type=float, default=float(os.environ.get("IMSTACK_DRAIN_TIMEOUT", "25")),
+                        help="seconds to drain on SIGTERM before exiting (env IMSTACK_DRAIN_TIMEOUT, default 25)")
     access.set_defaults(func=cmd_access)
 
     dispatch = sub.add_parser("dispatch", help="run one dispatch node (cluster mode)")

@@ -23,3 +23,11 @@ def test_every_role_has_a_subcommand():
     parser = build_parser()
     for argv in (["access", "--ws"], ["dispatch"], ["route"], ["cluster", "up"], ["cluster", "down"]):
         assert callable(parser.parse_args(argv).func)
+
+
+def test_drain_settings_come_from_the_operator_environment(monkeypatch):
+    monkeypatch.setenv("IMSTACK_DRAIN_RATE", "50")
+    monkeypatch.setenv("IMSTACK_DRAIN_TIMEOUT", "40")
+    args = build_parser().parse_args(["access"])
+    assert (args.drain_rate, args.grace) == (50.0, 40.0)
+    assert build_parser().parse_args(["access", "--drain-rate", "7"]).drain_rate == 7.0
