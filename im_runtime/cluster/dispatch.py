@@ -33,6 +33,9 @@ from im_runtime.route.grpc_client import RouteClient
 log = logging.getLogger(__name__)
 
 
+MAX_LINK_BUFFER = 64 << 20
+
+
 class ClusterPusher:
     """Pushes to the access nodes holding the receivers' sessions, in call order.
 
@@ -53,6 +56,7 @@ class ClusterPusher:
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self.lookups = 0
+        self.dropped = 0
 
     async def deliver(self, uids: list[str], frame: bytes) -> None:
         if self._worker is None or self._worker.done():
@@ -89,6 +93,11 @@ class ClusterPusher:
             link = self.links.links.get(node)
             if link is None or not link.is_open:
                 continue  # S9: the message waits offline; the client pulls it on reconnect
+            if link.buffered() > MAX_LINK_BUFFER:
+                # STYLE 5: an access node that does not read must not grow our memory; the
+                # message waits offline and its receivers pull it.
+                self.dropped += 1
+                continue
             link.write(encode_frame(RequestType.DELIVER, 0, deliver_body(node_uids, frame)))
 
     def close(self) -> None:

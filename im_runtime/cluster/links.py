@@ -79,6 +79,10 @@ class _LinkProtocol(asyncio.Protocol):
             raise LinkClosed("link closed")
         self.transport.write(data)
 
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the peer."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
