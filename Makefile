@@ -35,6 +35,15 @@ check-proto: venv
 clean:
 	rm -rf $(VENV) build *.egg-info
 
+# The distributed topology on loopback (ZooKeeper, Redis, FerretDB, route, 2 dispatch,
+# 2 access), for people to try: prints the HTTP API address and the admin key.
+.PHONY: cluster-up cluster-down
+cluster-up: venv
+	$(VENV)/bin/imstack cluster up --dir .cluster
+
+cluster-down: venv
+	$(VENV)/bin/imstack cluster down --dir .cluster
+
 # The four container images (access, dispatch, route, operator); see docs/deploy.md.
 # Variables: BASE_IMAGE (default python:3.11-slim), IMAGE_REPO, IMAGE_TAG, IMAGES.
 images:

@@ -69,6 +69,9 @@ class BenchConn(asyncio.Protocol):
         self.seen: set[int] = set()
         self.pulling = False
         self.pull_again = False
+        self.window = 0  # closed loop: sends in flight kept at this many, refilled on each ack
+        self.sending = measuring  # replaced by the run's own flag
+        self.padding = b""
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         self.transport = transport
@@ -98,6 +101,7 @@ class BenchConn(asyncio.Protocol):
                         tally.acked += 1
                     else:
                         tally.errors += 1
+
             elif t == RequestType.PULL_NOTIFY:
                 tally.notifies += 1
                 if self.pulling:
@@ -121,7 +125,17 @@ class BenchConn(asyncio.Protocol):
                     waiter.set_result((t, frame.body))
                 elif t == RequestType.ERROR:
                     tally.errors += 1
-        self.flush_acks()  # ack what this read brought at once: keeps pending under the notify threshold
+        # One write per read: the acks of what this read brought (at once, which keeps pending
+        # under the notify threshold) and, in closed loop, the sends the acks made room for.
+        out = []
+        if self.to_ack:
+            ids, self.to_ack = self.to_ack, []
+            out.append(encode_message(RequestType.PUSH_ACK, 0, pb.PushAck(message_ids=ids)))
+        if self.window and self.sending[0] and self.in_flight < self.window:
+            n = self._encode_sends(self.window - self.in_flight, self.padding, out)
+            tally.sent += n
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(out))
 
     def _delivered(self, message: pb.Message, now_ns: int) -> None:
         self.to_ack.append(message.message_id)
@@ -158,22 +172,31 @@ class BenchConn(asyncio.Protocol):
         t, body = await self.request(RequestType.ID_BATCH_REQ, pb.IdBatchRequest(count=1000))
         self.ids.extend(pb.IdBatchResponse.FromString(body).ids)
 
-    def send_frames(self, count: int, padding: bytes) -> int:
-        """Writes up to count SEND_REQ frames in one write; returns how many."""
+    def _encode_sends(self, count: int, padding: bytes, out: list[bytes]) -> int:
         count = min(count, len(self.ids))
-        if count <= 0 or self.transport is None or self.closed:
+        if count <= 0:
             return 0
         peer = self.peer
         kind = pb.GROUP if peer.group else pb.SINGLE
-        chunks = []
         for _ in range(count):
-            req = pb.SendRequest(
-                message_id=self.ids.pop(), type=kind, to=peer.to, content=STAMP.pack(time.time_ns()) + padding
-            )
-            chunks.append(encode_frame(RequestType.SEND_REQ, next(self.seq), req.SerializeToString()))
-        self.transport.write(b"".join(chunks))
+            req = pb.SendRequest()
+            req.message_id = self.ids.pop()
+            req.type = kind
+            req.to = peer.to
+            req.content = STAMP.pack(time.time_ns()) + padding
+            out.append(encode_frame(RequestType.SEND_REQ, next(self.seq), req.SerializeToString()))
         self.in_flight += count
         return count
+
+    def send_frames(self, count: int, padding: bytes) -> int:
+        """Writes up to count SEND_REQ frames in one write; returns how many."""
+        if self.transport is None or self.closed:
+            return 0
+        out: list[bytes] = []
+        sent = self._encode_sends(count, padding, out)
+        if out:
+            self.transport.write(b"".join(out))
+        return sent
 
     def flush_acks(self) -> None:
         if self.to_ack and self.transport is not None and not self.closed:
@@ -214,31 +237,45 @@ async def run_throughput(job: ThroughputJob, ready, go, start_at) -> Tally:  # t
     while time.time() < begin:
         await asyncio.sleep(0.001)
     measuring[0] = True
+    sending = [True]
     padding = os.urandom(max(0, job.size - 8))
+    for c in conns:
+        c.padding = padding
+        c.sending = sending
     tick = 0.002
     t0 = time.monotonic()
     end = t0 + job.duration
-    budget = [0.0] * len(conns)
     refilling: set[int] = set()
+    if job.rate_per_client <= 0:
+        # Closed loop: fill each window once; every SEND_ACK then sends the next at once.
+        for c in conns:
+            c.window = job.window
+            tally.sent += c.send_frames(job.window, padding)
+    rate = job.rate_per_client * len(conns)
+    next_conn = 0
     while True:
         now = time.monotonic()
         if now >= end:
             break
-        for i, c in enumerate(conns):
-            if job.rate_per_client > 0:
-                due = (now - t0) * job.rate_per_client - budget[i]
-                n = int(due)
-            else:
-                n = job.window - c.in_flight
-            if n > 0:
-                sent = c.send_frames(n, padding)
-                budget[i] += sent
+        if rate > 0:
+            # Open loop: one schedule for the process, spread round-robin over the clients.
+            due = int((now - t0) * rate) - tally.sent
+            while due > 0:
+                c = conns[next_conn]
+                next_conn = (next_conn + 1) % len(conns)
+                sent = c.send_frames(1, padding)
                 tally.sent += sent
+                due -= 1 if sent else 0
+                if not sent:
+                    break
+        for i, c in enumerate(conns):
             if len(c.ids) < 200 and i not in refilling:
                 refilling.add(i)
                 asyncio.ensure_future(c.refill_ids()).add_done_callback(lambda _f, i=i: refilling.discard(i))
-            c.flush_acks()
+            if c.window and c.in_flight < c.window and c.ids:  # a window starved of ids while refilling
+                tally.sent += c.send_frames(c.window - c.in_flight, padding)
         await asyncio.sleep(tick)
+    sending[0] = False
     measured = time.monotonic() - t0
     # let what is in flight land, still counting (bounded)
     drain_end = time.monotonic() + 5

@@ -30,7 +30,7 @@ def add_bench_parser(sub: Any) -> None:
     tp.add_argument("--clients", type=int, default=200, help="client connections (each sends and receives)")
     tp.add_argument("--size", type=int, default=64, help="message content bytes (at least 8)")
     tp.add_argument("--group-size", type=int, default=0, help="send to groups of this many members instead of 1:1")
-    tp.add_argument("--window", type=int, default=4, help="sends in flight per client when --rate is 0")
+    tp.add_argument("--window", type=int, default=2, help="sends in flight per client when --rate is 0")
     tp.add_argument("--procs", type=int, default=1, help="load generator processes")
     tp.add_argument("--ws", action="store_true", help="WebSocket clients instead of TCP")
     _common(tp)

@@ -122,9 +122,14 @@ class MemorySequenceStore:
 
 
 class MemoryMessageStore:
-    def __init__(self) -> None:
+    """History in memory, bounded: the newest `per_conversation` messages of each
+    conversation (a laptop stack must not grow without bound). max_seq stays exact."""
+
+    def __init__(self, *, per_conversation: int = 10_000) -> None:
         self._by_conv: dict[str, dict[int, pb.Message]] = {}
         self._seqs: dict[str, list[int]] = {}  # sorted seqs per conversation
+        self._max: dict[str, int] = {}
+        self.per_conversation = per_conversation
 
     async def save(self, message: pb.Message) -> None:
         conv = self._by_conv.setdefault(message.conversation_id, {})
@@ -136,6 +141,11 @@ class MemoryMessageStore:
             seqs.append(message.seq)
         else:
             bisect.insort(seqs, message.seq)
+        self._max[message.conversation_id] = max(self._max.get(message.conversation_id, 0), message.seq)
+        if len(seqs) > self.per_conversation + self.per_conversation // 10:  # trim in batches
+            for old in seqs[: len(seqs) - self.per_conversation]:
+                del conv[old]
+            del seqs[: len(seqs) - self.per_conversation]
 
     async def range(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False
@@ -154,14 +164,17 @@ class MemoryMessageStore:
         return [conv[s] for s in chosen], len(window) > limit
 
     async def max_seq(self, conversation_id: str) -> int:
-        seqs = self._seqs.get(conversation_id)
-        return seqs[-1] if seqs else 0
+        return self._max.get(conversation_id, 0)
 
 
 class MemoryDedupStore:
-    def __init__(self, *, ttl_s: float = 24 * 3600) -> None:
+    """De-dup entries for `ttl_s`, and at most `max_entries` of them (the oldest go first:
+    entries are kept in claim order, so the cap drops those nearest to expiring)."""
+
+    def __init__(self, *, ttl_s: float = 24 * 3600, max_entries: int = 1_000_000) -> None:
         self._entries: dict[tuple[str, int], tuple[float, pb.SendAck | None]] = {}
         self._ttl = ttl_s
+        self._max_entries = max_entries
         self._next_sweep = time.monotonic() + 60
 
     async def claim(self, sender: str, message_id: int) -> Claim:
@@ -173,6 +186,8 @@ class MemoryDedupStore:
             ack = entry[1]
             return Claim(ClaimState.PENDING) if ack is None else Claim(ClaimState.DONE, ack)
         self._entries[(sender, message_id)] = (now + self._ttl, None)
+        while len(self._entries) > self._max_entries:
+            del self._entries[next(iter(self._entries))]
         return Claim(ClaimState.NEW)
 
     async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from . import manifests, scaling, spec as specmod, status as statusmod, zk as zkmod
+from . import manifests, metrics, scaling, spec as specmod, status as statusmod, zk as zkmod
 from .kubeapi import CHILD_KINDS, Kube, KubeError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ ACCESS_KINDS = (("tcp", "access", "access"), ("ws", "wsAccess", "ws-access"))
 @dataclass
 class _Memory:
     scalers: dict[str, scaling.State] = field(default_factory=dict)
-    warned: set[str] = field(default_factory=set)
+    warned: set[str] = field(default_factory=set)  # warnings already posted as Events
+    warned_now: set[str] = field(default_factory=set)  # ... and those still true this pass
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -109,10 +110,16 @@ class Reconciler:
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         mem = self.memory(uid)
         with mem.lock:
-            return self._reconcile(body, name=name, namespace=namespace, uid=uid, mem=mem, emit=emit, autoscale=autoscale)
+            mem.warned_now = set()
+            try:
+                return self._reconcile(body, name=name, namespace=namespace, uid=uid, mem=mem, emit=emit, autoscale=autoscale)
+            finally:
+                # A warning that stopped being true is forgotten, so it is posted again if it returns.
+                mem.warned &= mem.warned_now
 
     def _warn_once(self, mem: _Memory, emit: Emit, reason: str, message: str) -> None:
         key = f"{reason}:{message}"
+        mem.warned_now.add(key)
         if key not in mem.warned:
             mem.warned.add(key)
             emit("Warning", reason, message)
@@ -126,6 +133,7 @@ class Reconciler:
         errors: list[str] = []
         out: dict[str, Any] = {"observedGeneration": generation}
         if problems:
+            metrics.RECONCILES.labels(namespace, name, "invalid_spec").inc()
             for p in problems:
                 self._warn_once(mem, emit, "InvalidSpec", p)
             out["conditions"] = statusmod.conditions(
@@ -180,7 +188,11 @@ class Reconciler:
                     connections += res.total
                     self._act(res, loads=loads, kind=kind, component=component, access=a, root=root, namespace=namespace, zk_client=zk_client, emit=emit)
                     state = res.state
+                    labels = (namespace, name, component)
+                    metrics.CONNECTIONS.labels(*labels).set(res.total)
+                    metrics.DRAINING.labels(*labels).set(1 if state.drain else 0)
                     if res.action.kind is not scaling.Kind.NONE:
+                        metrics.SCALE_EVENTS.labels(*labels, res.action.kind.value).inc()
                         last_reason, last_time = f"{component}: {res.action.reason}", _now_iso()
                     if state.drain is not None:
                         auto_reason = "Draining"
@@ -194,6 +206,7 @@ class Reconciler:
                 state = replace(state, replicas=max(a["minReplicas"], min(a["maxReplicas"], state.replicas)))
             mem.scalers[kind] = state
             replicas[kind] = state.replicas
+            metrics.DESIRED.labels(namespace, name, component).set(state.replicas)
 
         if auto_ok and msgs:
             auto_msg = "; ".join(msgs)
@@ -230,6 +243,7 @@ class Reconciler:
         for kind, st in mem.scalers.items():
             auto[kind] = scaling.to_dict(st)
         out["autoscaling"] = auto
+        metrics.RECONCILES.labels(namespace, name, "error" if errors else "ok").inc()
         out["conditions"] = statusmod.conditions(
             previous=old_status.get("conditions"), now=_now_iso(), generation=generation, problems=[], errors=errors,
             components=components, autoscaling_ok=auto_ok, autoscaling_reason=auto_reason, autoscaling_message=auto_msg or last_reason,

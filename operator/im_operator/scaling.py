@@ -121,11 +121,11 @@ def step(state: State, loads: Iterable[PodLoad], *, now: float, policy: Policy) 
 
     if desired > state.replicas:
         reason = f"{total} connections need {desired} pods at {policy.target_per_pod} per pod"
-        s = replace(state, replicas=desired, drain=None, last_reason=reason, last_scale_at=now, hold_until=now + policy.stabilization_s)
         if state.drain is not None:
             # The drained pod's capacity is needed: stop the drain; the scale-up follows next step.
             s = replace(state, drain=None, hold_until=now + policy.stabilization_s)
             return result(s, Action(Kind.CANCEL_DRAIN, state.replicas, f"drain cancelled: {reason}", state.drain.node_id))
+        s = replace(state, replicas=desired, last_reason=reason, last_scale_at=now, hold_until=now + policy.stabilization_s)
         return result(s, Action(Kind.SCALE_UP, desired, reason))
 
     if state.drain is not None:

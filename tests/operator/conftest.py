@@ -21,7 +21,7 @@ import pytest
 
 from im_operator import crd
 from im_operator.kubeapi import Kube, KubeError
-from tests.servers.kube import ControlPlane, start_control_plane
+from tests.servers.kube import ControlPlane, free_port, start_control_plane
 from tests.servers.zookeeper import ZooKeeperServer, start_zookeeper
 
 CR_PATH = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{{ns}}/{crd.PLURAL}"
@@ -51,10 +51,8 @@ def control_plane(tmp_path_factory) -> Iterator[ControlPlane]:
         cp.stop()
 
 
-@pytest.fixture(scope="session")
-def kube(control_plane: ControlPlane) -> Kube:
-    client = kubernetes.config.new_client_from_config(config_file=control_plane.kubeconfig)
-    k = Kube(client)
+def install_crd(k: Kube) -> None:
+    """Create the ImCluster CRD (crds/imcluster.yaml's content) and wait until it is served."""
     try:
         k.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body=crd.crd())
     except KubeError as e:
@@ -67,6 +65,16 @@ def kube(control_plane: ControlPlane) -> Kube:
 
     wait_for(established, what="ImCluster CRD established")
     wait_for(lambda: k.request("GET", f"/apis/{crd.GROUP}/{crd.VERSION}/{crd.PLURAL}") is not None, what="ImCluster API served")
+
+
+def kube_for(cp: ControlPlane) -> Kube:
+    return Kube(kubernetes.config.new_client_from_config(config_file=cp.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Kube:
+    k = kube_for(control_plane)
+    install_crd(k)
     return k
 
 
@@ -86,14 +94,17 @@ class OperatorRunner:
         self.kubeconfig, self.log_dir = kubeconfig, log_dir
         self.proc: subprocess.Popen | None = None
         self.runs = 0
+        self.metrics_port = 0
 
     def start(self) -> None:
         self.runs += 1
         log_path = self.log_dir / f"operator-{self.runs}.log"
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "IMSTACK_OPERATOR_INTERVAL": "1"}
+        self.metrics_port = free_port()
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "im_operator.main", "--interval", "1", "--liveness", ""],
+                [sys.executable, "-m", "im_operator.main", "--interval", "1", "--liveness", "",
+                 "--metrics-port", str(self.metrics_port), "--metrics-host", "127.0.0.1"],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )
         time.sleep(0.5)
@@ -133,8 +144,17 @@ def operator_process(control_plane: ControlPlane, kube: Kube, tmp_path_factory) 
 
 
 @pytest.fixture
-def namespace(kube: Kube, operator_process: OperatorRunner) -> str:
+def namespace(kube: Kube, operator_process: OperatorRunner) -> Iterator[str]:
     operator_process.ensure_running()
+    ns = make_namespace(kube)
+    yield ns
+    # No namespace controller runs here, so delete this test's ImClusters explicitly: the
+    # operator must not keep reconciling them for the rest of the session.
+    for item in kube.request("GET", CR_PATH.format(ns=ns)).get("items", []):
+        delete_cluster(kube, ns, item["metadata"]["name"])
+
+
+def make_namespace(kube: Kube) -> str:
     ns = f"t-{uuid.uuid4().hex[:8]}"
     kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     return ns

@@ -4,8 +4,10 @@ refusal of bad specs, garbage collection."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
+import yaml
 
 from im_operator.kubeapi import Kube, KubeError
 
@@ -39,7 +41,7 @@ def all_present(kube: Kube, ns: str) -> bool:
     return all(kube.get(kind, ns, name) is not None for kind, name in EXPECTED)
 
 
-def test_apply_creates_children_then_ready_and_repairs(kube: Kube, namespace: str, zookeeper):
+def test_apply_creates_children_then_ready_and_repairs(kube: Kube, namespace: str, zookeeper, operator_process):
     ns = namespace
     created = create_cluster(kube, ns, "im", spec_for(zookeeper.hosts))
     uid = created["metadata"]["uid"]
@@ -114,12 +116,23 @@ def test_apply_creates_children_then_ready_and_repairs(kube: Kube, namespace: st
     patch_cluster(kube, ns, "im", {"spec": {"wsAccess": {"enabled": False}}})
     wait_for(lambda: kube.get("Deployment", ns, "im-ws-access") is None and kube.get("Service", ns, "im-ws-access") is None, what="ws children pruned")
 
-    # Deleting the ImCluster removes its children (garbage collector, owner references).
+    # Deleting the ImCluster removes its children (garbage collector, owner references), even
+    # with the operator stopped: no finalizer waits for it.
+    assert not get_cluster(kube, ns, "im")["metadata"].get("finalizers")
+    operator_process.stop()
     delete_cluster(kube, ns, "im")
     wait_for(lambda: all(kube.get(k, ns, n) is None for k, n in EXPECTED), timeout=60, what="children garbage-collected")
+    operator_process.start()
 
 
 def test_bad_specs_are_refused_by_the_schema(kube: Kube, namespace: str):
+    # The example of docs/operator.md is accepted as it stands (server-side dry run).
+    text = (Path(__file__).resolve().parents[2] / "docs/operator.md").read_text()
+    example = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    example["metadata"]["namespace"] = namespace
+    got = kube.request("POST", f"/apis/imstack.io/v1alpha1/namespaces/{namespace}/imclusters", query={"dryRun": "All"}, body=example)
+    assert got["spec"]["access"]["maxReplicas"] == 20 and got["spec"]["wsAccess"]["drainTimeoutSeconds"] == 120
+
     bad = [
         ({"access": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must not exceed maxReplicas"),
         ({"zookeeper": {"managed": {"replicas": 2}}}, "odd number"),

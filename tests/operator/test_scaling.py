@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings, strategies as st
+
 from im_operator.scaling import Kind, PodLoad, Policy, State, desired_replicas, from_dict, step, to_dict
 
 P = Policy(min_replicas=2, max_replicas=8, target_per_pod=100, stabilization_s=60, drain_timeout_s=30)
@@ -100,3 +102,31 @@ def test_state_round_trips_through_status():
     back = from_dict(to_dict(s), default_replicas=2)
     assert back == s
     assert from_dict(None, default_replicas=2) == State(replicas=2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(min_value=0, max_value=400), min_size=1, max_size=8), min_size=1, max_size=120),
+       st.integers(min_value=1, max_value=5))
+def test_invariants_over_random_load(samples, dt):
+    """Whatever the counts: replicas stay in bounds, go down one at a time only after a drain of
+    the emptiest non-draining pod, and a drain never targets the busiest of several pods."""
+    s = State(replicas=2)
+    draining: set[str] = set()
+    for i, counts in enumerate(samples):
+        pods = [PodLoad(f"p{j}", c, f"p{j}" in draining) for j, c in enumerate(counts)]
+        before = s.replicas
+        r = step(s, pods, now=float(i * dt), policy=P)
+        s = r.state
+        assert P.min_replicas <= s.replicas <= P.max_replicas
+        assert s.replicas >= before - 1
+        if s.replicas < before:
+            assert r.action.kind is Kind.SCALE_DOWN and r.action.node_id is not None
+        if r.action.kind is Kind.START_DRAIN:
+            candidates = [p for p in pods if not p.draining]
+            victim = next(p for p in candidates if p.node_id == r.action.node_id)
+            assert victim.connections == min(p.connections for p in candidates)
+            if len({p.connections for p in candidates}) > 1:
+                assert victim.connections < max(p.connections for p in candidates)
+            draining.add(victim.node_id)
+        if r.action.kind in (Kind.CANCEL_DRAIN, Kind.SCALE_DOWN):
+            draining.discard(r.action.node_id or "")

@@ -138,12 +138,18 @@ def _wait(proc: _Proc, check, what: str, deadline: float) -> None:
     raise RuntimeError(f"{what} not ready in time ({last!r}); {proc.name} log tail:\n{proc.tail()}")
 
 
-def start_control_plane(tmp_dir: Path | str, *, controller_manager: bool = False, timeout: float = 120.0) -> ControlPlane:
+def start_control_plane(
+    tmp_dir: Path | str,
+    *,
+    controller_manager: bool = False,
+    controllers: tuple[str, ...] = ("garbagecollector",),
+    timeout: float = 120.0,
+) -> ControlPlane:
     """etcd + kube-apiserver on free loopback ports; returns once /readyz answers ok.
 
-    With `controller_manager=True` a kube-controller-manager runs only the garbage collector
-    (ownerReferences -> cascading deletion); other controllers would fight the tests that play
-    the kubelet by writing Deployment status.
+    With `controller_manager=True` a kube-controller-manager runs `controllers` (default: only
+    the garbage collector, for ownerReferences -> cascading deletion); the workload controllers
+    would fight tests that play the kubelet by writing Deployment status.
     """
     etcd_bin, apiserver_bin = _binary("etcd"), _binary("kube-apiserver")
     kcm_bin = _binary("kube-controller-manager") if controller_manager else None
@@ -198,7 +204,7 @@ def start_control_plane(tmp_dir: Path | str, *, controller_manager: bool = False
 
         if kcm_bin:
             kcm = _spawn("kube-controller-manager", [
-                kcm_bin, f"--kubeconfig={cp.kubeconfig}", "--controllers=garbagecollector",
+                kcm_bin, f"--kubeconfig={cp.kubeconfig}", f"--controllers={','.join(controllers)}",
                 "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
                 "--use-service-account-credentials=false", f"--authentication-kubeconfig={cp.kubeconfig}",
                 f"--authorization-kubeconfig={cp.kubeconfig}", "--v=1",
