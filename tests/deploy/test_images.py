@@ -85,6 +85,6 @@ def test_image_installs_console_script_and_loads_compiled_deps(docker, images, n
             f"shutil.which({script!r}))")
     out = run([docker, "run", "--rm", "--network", "none", "--entrypoint", "python3", images[name], "-c", code]).stdout
     assert out.strip() == f"['{target}'] /opt/imstack/bin/{script}", out
-    if name == "operator":
-        help_text = run([docker, "run", "--rm", "--network", "none", images[name], "--help"]).stdout
-        assert "--namespace" in help_text and "--liveness" in help_text, help_text
+    help_text = run([docker, "run", "--rm", "--network", "none", images[name], "--help"]).stdout
+    expected = ("--namespace", "--liveness") if name == "operator" else ("--zk", "--metrics-port")
+    assert all(flag in help_text for flag in expected), help_text
