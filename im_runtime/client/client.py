@@ -77,6 +77,8 @@ class ImClient:
         retry: RetryPolicy | None = None,
         id_batch: int = 200,
         gap_wait_s: float = 0.5,
+        gap_give_up_s: float = 10.0,
+        first_wait_s: float = 0.2,
         auto_reconnect: bool = True,
     ) -> None:
         self.uid = uid
@@ -90,10 +92,12 @@ class ImClient:
         self.retry = retry or RetryPolicy()
         self.id_batch = id_batch
         self.gap_wait_s = gap_wait_s
+        self.gap_give_up_s = gap_give_up_s
+        self.first_wait_s = first_wait_s
         self.auto_reconnect = auto_reconnect
         self.inbox: asyncio.Queue[pb.Message] = asyncio.Queue()
         self.notices: asyncio.Queue[tuple[int, ProtoMessage | None]] = asyncio.Queue()  # KICK, PULL_NOTIFY, ERROR
-        self.timeline = Timeline()
+        self.timeline = Timeline(uid)
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._conn: ClientConnection | None = None
@@ -288,20 +292,21 @@ class ImClient:
             cursor = resp.next_cursor
 
     async def _gap_filler(self) -> None:
+        """Orders what arrives out of order (see reorder.py): settles first-sight
+        conversations, fills gaps from history with backoff, gives a gap up after a while."""
         while True:
-            await asyncio.sleep(self.gap_wait_s / 2)
+            await asyncio.sleep(self.gap_wait_s / 4)
             now = time.monotonic()
+            self._deliver(self.timeline.settle(now, after=self.first_wait_s))
             for conversation_id, after_seq, before_seq in self.timeline.gaps(now, after=self.gap_wait_s):
                 try:
                     messages, _ = await self.history(conversation_id, after_seq=after_seq, before_seq=before_seq, limit=500)
                 except (ServerError, ConnectionClosed, asyncio.TimeoutError):
                     continue
+                now = time.monotonic()
                 for message in messages:
                     self._deliver(self.timeline.offer(message, now))
-                if self.timeline.gaps(time.monotonic(), after=0) and any(
-                    g[0] == conversation_id for g in self.timeline.gaps(time.monotonic(), after=0)
-                ):
-                    self._deliver(self.timeline.skip_gap(conversation_id, time.monotonic()))
+            self._deliver(self.timeline.expire(time.monotonic(), after=self.gap_give_up_s))
 
     async def messages(self) -> AsyncIterator[pb.Message]:
         while True:

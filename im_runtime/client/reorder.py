@@ -1,10 +1,18 @@
 """Per-conversation ordering and de-duplication for clients (S12, S15), sans I/O.
 
-`Timeline.offer(message)` returns the messages that can now be handed to the application,
-in seq order. A message whose predecessors are missing waits; `gaps()` names the ranges to
-pull (history) once they have waited long enough. Ids seen are remembered (bounded), so a
-message that arrives twice (push + offline pull, a re-push after reconnect) is delivered
-once. The client's own sends count as seen seqs, so they never open a gap.
+The server assigns each conversation's seq, but pushes of one conversation may arrive out
+of order (concurrent sends, failover). `Timeline.offer(message)` returns what can now be handed
+to the application, in seq order:
+- a message whose predecessors are missing waits; `gaps()` names the ranges to fetch from
+  history, again and again with backoff, and `expire()` gives a gap up after a while (a seq
+  whose send failed is never filled) and delivers what waited, in order;
+- in a conversation seen for the first time, a first message with seq > 1 waits briefly
+  (`settle()`), so that messages sent at the same moment are still put in order;
+- ids seen are remembered (bounded), so a message that arrives twice (push + offline pull, a
+  re-push after reconnect) is delivered once;
+- the client's own messages only fill their slots: a send's ack, or one of its messages found
+  through history, never reaches the application as an incoming message (a chat with
+  oneself excepted).
 """
 from __future__ import annotations
 
@@ -14,18 +22,22 @@ from dataclasses import dataclass, field
 from im_runtime.proto import imstack_pb2 as pb
 
 SEEN_IDS_LIMIT = 50_000
+MAX_FILL_BACKOFF = 8  # history fills of one gap back off up to 2**8 x the first wait
 
 
 @dataclass
 class _Conversation:
-    watermark: int | None = None  # every seq <= watermark has been delivered or was ours
-    held: dict[int, pb.Message] = field(default_factory=dict)  # seq -> message above a gap
+    watermark: int | None = None  # every seq <= watermark was delivered, was ours, or was given up
+    held: dict[int, pb.Message] = field(default_factory=dict)  # seq -> message waiting for a gap
     own: set[int] = field(default_factory=set)  # our own seqs above the watermark
-    gap_since: float | None = None
+    since: float | None = None  # when the oldest waiting message began to wait
+    fills: int = 0  # history fills tried for the current gap
+    next_fill: float = 0.0
 
 
 class Timeline:
-    def __init__(self) -> None:
+    def __init__(self, uid: str | None = None) -> None:
+        self.uid = uid
         self._conversations: dict[str, _Conversation] = {}
         self._seen: OrderedDict[int, None] = OrderedDict()
 
@@ -43,6 +55,10 @@ class Timeline:
         if len(self._seen) > SEEN_IDS_LIMIT:
             self._seen.popitem(last=False)
 
+    def _ours(self, message: pb.Message) -> bool:
+        sender = getattr(message, "from")
+        return self.uid is not None and sender == self.uid and message.to != self.uid
+
     def set_watermark(self, conversation_id: str, seq: int) -> None:
         """Everything up to seq is known (e.g. the app loaded history up to it)."""
         conv = self._conv(conversation_id)
@@ -50,8 +66,17 @@ class Timeline:
 
     def own_sent(self, conversation_id: str, seq: int, message_id: int, now: float) -> list[pb.Message]:
         self._remember(message_id)
-        conv = self._conv(conversation_id)
-        if conv.watermark is None or seq <= conv.watermark:
+        return self._slot(self._conv(conversation_id), seq, now)
+
+    def _slot(self, conv: _Conversation, seq: int, now: float) -> list[pb.Message]:
+        """A seq that is accounted for without delivering anything."""
+        if conv.watermark is None:
+            if seq == 1:
+                conv.watermark = 0
+            else:
+                conv.own.add(seq)
+                return []
+        if seq <= conv.watermark or seq in conv.held:
             return []
         conv.own.add(seq)
         return self._advance(conv, now)
@@ -60,14 +85,20 @@ class Timeline:
         conv = self._conv(message.conversation_id)
         if message.message_id in self._seen:
             if conv.watermark is not None and message.seq > conv.watermark and message.seq not in conv.held:
-                conv.own.add(message.seq)  # delivered before: only its slot matters now
-                return self._advance(conv, now)
+                return self._slot(conv, message.seq, now)  # delivered before: only its slot matters
             return []
         self._remember(message.message_id)
+        if self._ours(message):
+            return self._slot(conv, message.seq, now)
         if conv.watermark is None:
-            conv.watermark = message.seq - 1
+            if message.seq > 1:  # first sight, mid-conversation: wait briefly for earlier arrivals
+                conv.held[message.seq] = message
+                if conv.since is None:
+                    conv.since = now
+                return []
+            conv.watermark = 0
         if message.seq <= conv.watermark:
-            return [message]  # late (its slot was skipped after a failed gap fill): never drop it
+            return [message]  # late (its slot was given up): never drop it
         conv.held[message.seq] = message
         return self._advance(conv, now)
 
@@ -83,25 +114,54 @@ class Timeline:
             else:
                 break
             conv.watermark = nxt
-        conv.gap_since = (conv.gap_since or now) if conv.held else None
+        if conv.held:
+            if out or conv.since is None:  # a new gap (or the old one moved): start its clock
+                conv.since, conv.fills, conv.next_fill = now, 0, 0.0
+        else:
+            conv.since, conv.fills, conv.next_fill = None, 0, 0.0
+        return out
+
+    def settle(self, now: float, *, after: float) -> list[pb.Message]:
+        """First-sight conversations that have waited `after` seconds start from what they hold."""
+        out: list[pb.Message] = []
+        for conv in self._conversations.values():
+            if conv.watermark is None and conv.held and conv.since is not None and now - conv.since >= after:
+                conv.watermark = min(conv.held) - 1
+                conv.own = {s for s in conv.own if s > conv.watermark}
+                conv.since = None
+                out += self._advance(conv, now)
         return out
 
     def gaps(self, now: float, *, after: float) -> list[tuple[str, int, int]]:
-        """(conversation_id, after_seq, before_seq) for gaps older than `after` seconds."""
+        """(conversation_id, after_seq, before_seq) to fetch from history: gaps older than
+        `after` seconds, each again after a doubling wait until it is filled or expired."""
         out = []
         for conversation_id, conv in self._conversations.items():
-            if conv.held and conv.gap_since is not None and now - conv.gap_since >= after:
-                out.append((conversation_id, conv.watermark or 0, min(conv.held)))
+            if conv.watermark is None or not conv.held or conv.since is None:
+                continue
+            if now - conv.since >= after and now >= conv.next_fill:
+                out.append((conversation_id, conv.watermark, min(conv.held)))
+                conv.fills += 1
+                conv.next_fill = now + after * (2 ** min(conv.fills, MAX_FILL_BACKOFF))
+        return out
+
+    def expire(self, now: float, *, after: float) -> list[pb.Message]:
+        """Gaps open for `after` seconds are given up: what waited is delivered, in order."""
+        out: list[pb.Message] = []
+        for conversation_id, conv in self._conversations.items():
+            if conv.watermark is not None and conv.held and conv.since is not None and now - conv.since >= after:
+                out += self.skip_gap(conversation_id, now)
         return out
 
     def skip_gap(self, conversation_id: str, now: float) -> list[pb.Message]:
-        """A gap that history could not fill: deliver what is held, in order, and move on."""
         conv = self._conv(conversation_id)
         if not conv.held:
             return []
         conv.watermark = min(conv.held) - 1
+        conv.own = {s for s in conv.own if s > conv.watermark}
+        conv.since = None
         return self._advance(conv, now)
 
     def delivered_seq(self, conversation_id: str) -> int:
         conv = self._conversations.get(conversation_id)
-        return conv.watermark or 0 if conv else 0
+        return (conv.watermark or 0) if conv else 0

@@ -10,6 +10,7 @@ session table in Redis.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import time
 
@@ -58,6 +59,8 @@ class RouteRole:
         self.settings = settings
         self.stopped = asyncio.Event()
         self._access: dict[str, set[str]] = {"tcp": set(), "ws": set()}
+        self.stale_grace_s = float(os.environ.get("IMSTACK_STALE_NODE_GRACE", "10"))
+        self._reconciler: asyncio.Future | None = None
 
     async def start(self) -> None:
         from im_runtime.storage.cluster import cluster_stores
@@ -76,7 +79,30 @@ class RouteRole:
         self.http_port = self.http.addresses[0][1] if self.http.addresses else s.http_port
         for kind in ("tcp", "ws"):
             self.zk.watch_children(self.zk.path("access", kind), lambda data, kind=kind: self._access_changed(kind, data))
+        self._reconciler = asyncio.ensure_future(self._drop_unseen_dead_nodes())
         log.info("route up", extra={"http_port": self.http_port, "grpc_port": self.grpc_port})
+
+    async def _live_access_nodes(self) -> set[str]:
+        live: set[str] = set()
+        for kind in ("tcp", "ws"):
+            live |= set((await self.zk.children_data(self.zk.path("access", kind))).keys())
+        return live
+
+    async def _drop_unseen_dead_nodes(self) -> None:
+        """S9 across a route restart: an access node that died while no route was watching
+        left its sessions behind. Nodes with sessions but no registration are dropped when
+        they are still unregistered after a grace period (a starting node registers a moment
+        after it starts accepting clients)."""
+        try:
+            candidates = await self.stores.sessions.nodes() - await self._live_access_nodes()
+            if not candidates:
+                return
+            await asyncio.sleep(self.stale_grace_s)
+            for node in candidates - await self._live_access_nodes():
+                removed = await self.route.drop_node(node)
+                log.info("access node died unseen; sessions dropped", extra={"node_id": node, "sessions": removed})
+        except Exception:
+            log.warning("could not reconcile sessions with ZooKeeper", exc_info=True)
 
     async def _ready(self) -> bool:
         return self.zk.connected
@@ -93,6 +119,8 @@ class RouteRole:
         self.stopped.set()
 
     async def close(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
         await self.grpc.stop(grace=2)
         await self.http.cleanup()
         await self.zk.stop()

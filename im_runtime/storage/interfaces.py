@@ -24,6 +24,8 @@ class SessionStore(Protocol):
         """Access nodes per uid; uids with no session are absent from the result."""
     async def drop_node(self, node: str) -> int:
         """Removes every session on a dead access node (S9); returns how many."""
+    async def nodes(self) -> set[str]:
+        """Access nodes that hold sessions (route drops those of nodes that died unseen)."""
 
 
 class OfflineStore(Protocol):

@@ -38,6 +38,9 @@ class MemorySessionStore:
                 found[uid] = sorted({node for node, _ in conns})
         return found
 
+    async def nodes(self) -> set[str]:
+        return {node for conns in self._by_uid.values() for node, _ in conns}
+
     async def drop_node(self, node: str) -> int:
         removed = 0
         for uid in list(self._by_uid):

@@ -37,6 +37,10 @@ def tag(owner: str) -> str:
     return hashlib.blake2b(owner.encode(), digest_size=4).hexdigest()
 
 
+# Every access node that has held a session (one small set; route reconciles it with ZooKeeper).
+NODES_KEY = f"{PREFIX}:nodes"
+
+
 def _key(kind: str, owner: str) -> str:
     return f"{PREFIX}:{kind}:{{{tag(owner)}}}:{owner}"
 
@@ -59,6 +63,7 @@ class RedisSessionStore:
         await asyncio.gather(
             self._p.call("HSET", _key("sess", uid), f"{node}|{conn_id}", device_id),
             self._p.call("SADD", _key("node", node), f"{conn_id}|{uid}"),
+            self._p.call("SADD", NODES_KEY, node),
         )
 
     async def unbind(self, uid: str, node: str, conn_id: int) -> bool:
@@ -79,7 +84,11 @@ class RedisSessionStore:
                 found[uid] = sorted({_s(f).rsplit("|", 1)[0] for f in fields})
         return found
 
+    async def nodes(self) -> set[str]:
+        return {_s(n) for n in await self._p.call("SMEMBERS", NODES_KEY)}
+
     async def drop_node(self, node: str) -> int:
+        await self._p.call("SREM", NODES_KEY, node)
         node_key = _key("node", node)
         entries = list(await self._p.call("SMEMBERS", node_key))
         if not entries:

@@ -2,46 +2,82 @@ from im_runtime.client.reorder import Timeline
 from im_runtime.proto import imstack_pb2 as pb
 
 
-def msg(seq, mid=None, conv="s:a:b"):
-    return pb.Message(message_id=mid or 1000 + seq, conversation_id=conv, seq=seq)
+def msg(seq, mid=None, conv="s:a:b", sender="a", to="b"):
+    m = pb.Message(message_id=mid or 1000 + seq, conversation_id=conv, seq=seq, to=to)
+    setattr(m, "from", sender)
+    return m
+
+
+def seqs(messages):
+    return [m.seq for m in messages]
 
 
 def test_in_order_and_duplicates():
-    t = Timeline()
-    assert [m.seq for m in t.offer(msg(1), 0)] == [1]
+    t = Timeline("b")
+    assert seqs(t.offer(msg(1), 0)) == [1]
     assert t.offer(msg(1), 0) == []
-    assert [m.seq for m in t.offer(msg(2), 0)] == [2]
+    assert seqs(t.offer(msg(2), 0)) == [2]
 
 
 def test_out_of_order_is_held_then_released_in_seq_order():
-    t = Timeline()
+    t = Timeline("b")
     t.offer(msg(1), 0)
     assert t.offer(msg(3), 0) == [] and t.offer(msg(4), 0) == []
     assert t.gaps(0.1, after=0.5) == []
     assert t.gaps(1.0, after=0.5) == [("s:a:b", 1, 3)]
-    assert [m.seq for m in t.offer(msg(2), 1.0)] == [2, 3, 4]
+    assert seqs(t.offer(msg(2), 1.0)) == [2, 3, 4]
     assert t.gaps(5.0, after=0.5) == []
 
 
-def test_own_sends_fill_their_slots():
-    t = Timeline()
+def test_gap_fills_back_off_then_expire_in_order():
+    t = Timeline("b")
     t.offer(msg(1), 0)
-    t.own_sent("s:a:b", 2, 9999, 0)
-    assert [m.seq for m in t.offer(msg(3), 0)] == [3]
-
-
-def test_skip_gap_delivers_held_in_order():
-    t = Timeline()
-    t.offer(msg(1), 0)
-    t.offer(msg(5), 0)
     t.offer(msg(4), 0)
-    assert [m.seq for m in t.skip_gap("s:a:b", 1)] == [4, 5]
-    # a late message for a skipped slot is still delivered, never dropped
-    assert [m.seq for m in t.offer(msg(2), 2)] == [2]
+    t.offer(msg(3), 0)
+    asked = [now for now in (0.5, 0.6, 1.0, 1.6, 2.5, 4.6) if t.gaps(now, after=0.5)]
+    assert asked == [0.5, 1.6, 4.6]  # 0.5 s, then waits of 1 s, 2 s: no history storm
+    assert t.expire(9.0, after=10.0) == []
+    assert seqs(t.expire(10.0, after=10.0)) == [3, 4]
+    assert seqs(t.offer(msg(2), 11.0)) == [2]  # a late message is still delivered, never dropped
+
+
+def test_first_sight_mid_conversation_waits_briefly_and_orders():
+    t = Timeline("c")
+    assert t.offer(msg(7, to="g", conv="g:x"), 0) == []
+    assert t.offer(msg(6, to="g", conv="g:x"), 0.05) == []
+    assert t.settle(0.1, after=0.2) == []
+    assert seqs(t.settle(0.2, after=0.2)) == [6, 7]
+    assert seqs(t.offer(msg(8, to="g", conv="g:x"), 0.3)) == [8]
+
+
+def test_seq_one_never_waits():
+    t = Timeline("b")
+    assert seqs(t.offer(msg(1), 0)) == [1]
+
+
+def test_own_sends_fill_their_slots_even_before_anything_arrived():
+    t = Timeline("b")
+    assert t.own_sent("s:a:b", 1, 9999, 0) == []
+    assert seqs(t.offer(msg(2), 0)) == [2]
+    t.own_sent("s:a:b", 3, 9998, 0)
+    assert seqs(t.offer(msg(4), 0)) == [4]
+
+
+def test_own_messages_found_in_history_are_never_delivered():
+    t = Timeline("b")
+    t.offer(msg(1), 0)
+    t.offer(msg(3), 0)  # gap at 2, which is our own message whose ack is slow
+    assert seqs(t.offer(msg(2, sender="b", to="a"), 1.0)) == [3]
+
+
+def test_chat_with_oneself_is_delivered():
+    t = Timeline("a")
+    note = msg(1, conv="s:a:a", sender="a", to="a")
+    assert seqs(t.offer(note, 0)) == [1]
 
 
 def test_conversations_are_independent():
-    t = Timeline()
-    t.offer(msg(1, conv="g:x"), 0)
-    assert t.offer(msg(3, conv="g:x"), 0) == []
-    assert [m.seq for m in t.offer(msg(7, conv="g:y"), 0)] == [7]
+    t = Timeline("z")
+    t.offer(msg(1, conv="g:x", to="x"), 0)
+    assert t.offer(msg(3, conv="g:x", to="x"), 0) == []
+    assert seqs(t.offer(msg(1, conv="g:y", to="y", mid=5), 0)) == [1]

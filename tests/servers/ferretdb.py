@@ -74,7 +74,11 @@ def start_ferretdb(tmp_dir: str | Path) -> FerretDB:
         data.mkdir(parents=True, exist_ok=True)
         log_path = base / "ferretdb.log"
         args = [
-            str(binary), "--handler=sqlite", f"--sqlite-url=file:{data}/", f"--listen-addr=127.0.0.1:{port}",
+            # WAL + synchronous=NORMAL, as `imstack cluster up` runs it: durable across kill -9
+            # of any process, without an fsync per insert.
+            str(binary), "--handler=sqlite",
+            f"--sqlite-url=file:{data}/?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)",
+            f"--listen-addr=127.0.0.1:{port}",
             "--log-level=warn",
         ]
         env = dict(os.environ, DO_NOT_TRACK="1")

@@ -52,9 +52,12 @@ async def test_sessions_drop_node_removes_only_that_node(engine: Engine) -> None
     for i, uid in enumerate(users):
         await s.bind(uid, dead, i, "d")
     await s.bind(users[0], alive, 100, "d")
+    assert {dead, alive} <= await s.nodes()
     assert await s.drop_node(dead) == 5
     assert await s.lookup(users) == {users[0]: [alive]}
     assert await s.drop_node(dead) == 0
+    nodes = await s.nodes()
+    assert alive in nodes and dead not in nodes
 
 
 # ------------------------------------------------------------------ offline (S10, S18)
