@@ -122,7 +122,7 @@ def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace
         # ReplicaSet is told to remove that pod.
         pods.set(names[2], 0, draining=True)
         pods.set(names[1], 7)
-        wait_for(lambda: replicas(kube, ns) == 3, timeout=10, what="scale down to 3 after the drain")
+        wait_for(lambda: replicas(kube, ns) == 3, what="scale down to 3 after the drain")
         ann = kube.get("Pod", ns, names[2])["metadata"].get("annotations", {})
         assert ann.get("controller.kubernetes.io/pod-deletion-cost") == "-1000000"
         for n in (names[0], names[1], names[3]):
@@ -134,7 +134,7 @@ def test_scale_up_hold_under_noise_then_drain_the_emptiest(kube: Kube, namespace
 
         # The pod is gone: its registration expires and the operator deletes the drain request.
         pods.gone(names[2])
-        wait_for(lambda: pods.drains() == [], timeout=10, what="drain znode removed after the pod left")
+        wait_for(lambda: pods.drains() == [], what="drain znode removed after the pod left")
         time.sleep(2)
         assert replicas(kube, ns) == 3
 
@@ -168,7 +168,7 @@ def test_a_restarted_operator_resumes_the_drain_it_started(kube: Kube, namespace
         pods.set(a[0], 5)
         pods.set(a[1], 1)
         pods.set(a[2], 2)
-        wait_for(lambda: pods.drains() == [a[1]], timeout=15, what="drain of the emptiest")
+        wait_for(lambda: pods.drains() == [a[1]], what="drain of the emptiest")
         wait_for(lambda: (get_cluster(kube, ns, "im")["status"]["autoscaling"]["tcp"].get("drain") or {}).get("nodeId") == a[1],
                  what="the drain saved in status")
         # Now a[2] is the emptiest that is not draining. A restarted operator that forgot its
@@ -181,7 +181,7 @@ def test_a_restarted_operator_resumes_the_drain_it_started(kube: Kube, namespace
             assert kube.get("Deployment", ns, "im-access")["spec"]["replicas"] == 3
             time.sleep(0.2)
         pods.set(a[1], 0, draining=True)
-        wait_for(lambda: kube.get("Deployment", ns, "im-access")["spec"]["replicas"] == 2, timeout=15, what="scale down after the resumed drain")
+        wait_for(lambda: kube.get("Deployment", ns, "im-access")["spec"]["replicas"] == 2, what="scale down after the resumed drain")
         wait_for(lambda: f"drained {a[1]}" in get_cluster(kube, ns, "im")["status"]["autoscaling"]["lastScaleReason"], what="status names the drain")
     finally:
         zk.stop()
