@@ -98,31 +98,32 @@ class DispatchService:
 
     async def _send(self, uid: str, req: pb.SendRequest) -> Response:
         started = time.perf_counter()
-        refuse = _refusal(req.message_id)
-        if req.message_id <= 0:
-            return refuse(ErrorCode.BAD_BODY, "message_id must be a positive id from ID_BATCH_REQ")
-        if len(req.content) > self.max_content:
-            return refuse(ErrorCode.FRAME_TOO_LARGE, f"content over {self.max_content} bytes")
-        if req.type == pb.SINGLE:
-            if not valid_uid(req.to):
-                return refuse(ErrorCode.BAD_BODY, "to must be a valid uid")
-            conversation_id = single_conversation(uid, req.to)
-            recipients = [req.to]
-        elif req.type == pb.GROUP:
-            if not req.to:
-                return refuse(ErrorCode.BAD_BODY, "to must be a group id")
-            members = await self.stores.groups.members(req.to)
+        # each field read once: attribute access on upb messages is a measurable cost per send
+        message_id, kind, to, content = req.message_id, req.type, req.to, req.content
+        if message_id <= 0:
+            return _refuse(message_id, ErrorCode.BAD_BODY, "message_id must be a positive id from ID_BATCH_REQ")
+        if len(content) > self.max_content:
+            return _refuse(message_id, ErrorCode.FRAME_TOO_LARGE, f"content over {self.max_content} bytes")
+        if kind == pb.SINGLE:
+            if not valid_uid(to):
+                return _refuse(message_id, ErrorCode.BAD_BODY, "to must be a valid uid")
+            conversation_id = single_conversation(uid, to)
+            recipients = [to]
+        elif kind == pb.GROUP:
+            if not to:
+                return _refuse(message_id, ErrorCode.BAD_BODY, "to must be a group id")
+            members = await self.stores.groups.members(to)
             if members is None:
-                return refuse(ErrorCode.NOT_FOUND, f"unknown group {req.to}")
+                return _refuse(message_id, ErrorCode.NOT_FOUND, f"unknown group {to}")
             if uid not in members:
-                return refuse(ErrorCode.FORBIDDEN, "not a member of the group")
-            conversation_id = group_conversation(req.to)
+                return _refuse(message_id, ErrorCode.FORBIDDEN, "not a member of the group")
+            conversation_id = group_conversation(to)
             recipients = [m for m in members if m != uid]
         else:
-            return refuse(ErrorCode.BAD_BODY, "type must be SINGLE or GROUP")
+            return _refuse(message_id, ErrorCode.BAD_BODY, "type must be SINGLE or GROUP")
 
         stores = self.stores
-        claim = await stores.dedup.claim(uid, req.message_id)
+        claim = await stores.dedup.claim(uid, message_id)
         if claim.state is ClaimState.DONE:
             metrics.HOT.duplicates += 1
             ack = pb.SendAck()
@@ -131,7 +132,7 @@ class DispatchService:
             ack.message = "duplicate: already accepted"
             return RequestType.SEND_ACK, ack
         if claim.state is ClaimState.PENDING:
-            return refuse(ErrorCode.UNAVAILABLE, "the same message is being sent; retry")
+            return _refuse(message_id, ErrorCode.UNAVAILABLE, "the same message is being sent; retry")
         try:
             # No lock per conversation: the seq is atomic in every store, and holding a lock
             # across the store round trips below capped a conversation at one send per
@@ -140,28 +141,28 @@ class DispatchService:
             seq = await stores.sequences.next_seq(conversation_id)
             # attribute assignment: several times cheaper than keyword construction in upb
             message = pb.Message(**{"from": uid})
-            message.message_id = req.message_id
+            message.message_id = message_id
             message.conversation_id = conversation_id
             message.seq = seq
-            message.type = req.type
-            message.to = req.to
+            message.type = kind
+            message.to = to
             message.content_type = req.content_type
-            message.content = req.content
+            message.content = content
             message.server_time = int(time.time() * 1000)
             await stores.messages.save(message)  # S11: persisted before the ack
             await stores.reads.advance(uid, conversation_id, seq)
             await self._fan_out(message, recipients)
             ack = pb.SendAck()
-            ack.message_id = req.message_id
+            ack.message_id = message_id
             ack.conversation_id = conversation_id
             ack.seq = seq
             ack.server_time = message.server_time
-            await stores.dedup.complete(uid, req.message_id, ack)
+            await stores.dedup.complete(uid, message_id, ack)
         except Exception:
-            await stores.dedup.release(uid, req.message_id)
+            await stores.dedup.release(uid, message_id)
             raise
         hot = metrics.HOT
-        if req.type == pb.GROUP:
+        if kind == pb.GROUP:
             hot.messages_in_group += 1
         else:
             hot.messages_in_single += 1
@@ -265,8 +266,5 @@ class DispatchService:
         return RequestType.ID_BATCH_RESP, pb.IdBatchResponse(ids=await self.ids.next_ids(count))
 
 
-def _refusal(message_id: int):  # type: ignore[no-untyped-def]
-    def refuse(code: ErrorCode, text: str) -> Response:
-        return RequestType.SEND_ACK, pb.SendAck(code=int(code), message=text, message_id=message_id)
-
-    return refuse
+def _refuse(message_id: int, code: ErrorCode, text: str) -> Response:
+    return RequestType.SEND_ACK, pb.SendAck(code=int(code), message=text, message_id=message_id)

@@ -24,3 +24,4 @@ def test_wrong_uid_expired_tampered_and_other_key_refused():
 def test_uid_rules():
     assert valid_uid("alice") and valid_uid("a.b-c_d@e")
     assert not valid_uid("") and not valid_uid("a:b") and not valid_uid("x" * 129) and not valid_uid("a b")
+    assert not valid_uid("alice\n") and valid_uid("alice")  # no trailing newline, even after a cache hit
