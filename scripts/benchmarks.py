@@ -26,6 +26,7 @@ CONFIGS = [
     ("max 1:1 throughput", ["throughput", "--duration", "10", "--clients", "200", "--procs", "1"]),
     ("1:1 at 5,000 msg/s", ["throughput", "--duration", "10", "--clients", "200", "--rate", "5000", "--procs", "1"]),
     ("group of 10, max", ["throughput", "--duration", "10", "--clients", "200", "--group-size", "10", "--procs", "1"]),
+    ("1:1 over WebSocket, max", ["throughput", "--ws", "--duration", "10", "--clients", "200", "--procs", "1"]),
     ("15,000 idle TCP", ["connections", "--count", "15000", "--procs", "4", "--addresses", "4"]),
     ("10,000 idle WebSocket", ["connections", "--ws", "--count", "10000", "--procs", "4", "--addresses", "4"]),
 ]
