@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.servers.process import stop_process
 from tests.servers.redis import free_port
 
 _SETUP_HINT = "run `bash scripts/setup.d/20-ferretdb.sh` (or `make setup-test-deps`)"
@@ -35,13 +36,7 @@ class FerretDB:
         self.url = f"mongodb://127.0.0.1:{self.port}/"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, grace=15)
 
 
 def _answers(port: int) -> bool:

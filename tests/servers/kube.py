@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.servers.process import stop_process
+
 SETUP_HINT = "build it with `bash scripts/setup.d/30-kube-control-plane.sh` (or `make setup-test-deps`)"
 
 
@@ -83,13 +85,7 @@ class _Proc:
             return ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, grace=15)
         self.log_file.close()
 
 

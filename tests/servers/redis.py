@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from tests.servers.process import stop_process
+
 _SETUP_HINT = "run `bash scripts/setup.d/10-debian-packages.sh` (or `make setup-test-deps`)"
 
 
@@ -33,13 +35,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, grace=10)
 
 
 def _ping(port: int) -> bool:

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.servers.process import stop_process
+
 JAVA_DIR = "/usr/share/java"
 SETUP_HINT = "install it with `bash scripts/setup.d/10-debian-packages.sh` (or `make setup-test-deps`)"
 
@@ -51,13 +53,7 @@ class ZooKeeperServer:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, grace=10)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
