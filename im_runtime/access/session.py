@@ -79,6 +79,13 @@ class GatewayConnection:
         self.last_seen = self._loop().time()
         return True
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """asyncio.Protocol, for every gateway: subclasses keep `transport` in a slot."""
+        self.transport = transport  # type: ignore[attr-defined]
+        if not self.opened():
+            transport.close()
+            self.core.close()
+
     def lost(self) -> None:
         self.core.close()
         if self._worker is not None and not self._worker.done():

@@ -31,13 +31,7 @@ class TcpConnection(GatewayConnection, asyncio.Protocol):
         self._out: list[bytes] | None = None
         self._out_bytes = 0
 
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if not self.opened():
-            transport.close()
-            self.core.close()
-
+    # asyncio.Protocol (connection_made: GatewayConnection)
     def data_received(self, data: bytes) -> None:
         self.received(self.core.receive_data(data))
 

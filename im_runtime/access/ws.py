@@ -217,13 +217,7 @@ class WsConnection(GatewayConnection, asyncio.Protocol):
         self._close_code = CLOSE_NORMAL
         self._close_timer: asyncio.TimerHandle | None = None
 
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if not self.opened():
-            transport.close()
-            self.core.close()
-
+    # asyncio.Protocol (connection_made: GatewayConnection)
     def data_received(self, data: bytes) -> None:
         framing = self.framing
         messages = framing.receive_data(data)
