@@ -39,11 +39,11 @@ MAX_LINK_BUFFER = 64 << 20
 class ClusterPusher:
     """Pushes to the access nodes holding the receivers' sessions, in call order.
 
-    The service calls deliver() under the conversation lock, after the message is persisted
-    and in every receiver's offline queue (S10). deliver() only queues the push, so the lock is
-    not held across a route round trip; one worker takes the queue in batches, asks route once
-    per batch (Lookup), and writes DELIVER frames in the order the pushes were queued, so each
-    conversation's pushes still leave in seq order (S12). If route cannot answer, the batch's
+    The service calls deliver() after the message is persisted and in every receiver's offline
+    queue (S10). deliver() only queues the push, so no send waits on a route round trip; one
+    worker takes the queue in batches, asks route once per batch (Lookup), and writes DELIVER
+    frames in the order the pushes were queued (concurrent sends of one conversation may be
+    queued out of seq order; clients order by seq, S12). If route cannot answer, the batch's
     pushes are dropped: the messages wait offline and the clients pull them (S15)."""
 
     MAX_BATCH = 500
