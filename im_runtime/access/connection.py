@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from google.protobuf.message import Message as ProtoMessage
 
 from im_runtime.access.state import ALLOWED, ConnState, transition
-from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import Frame, FrameDecoder, FrameError, encode_frame, error_frame, try_decode_body
 from im_runtime.protocol.types import CLIENT_REQUESTS, DEFAULT_MAX_BODY, ErrorCode, RequestType
 
@@ -103,7 +102,3 @@ class ConnectionCore:
 
 def _heartbeat_resp(sequence: int) -> bytes:
     return encode_frame(RequestType.HEARTBEAT_RESP, sequence)
-
-
-def auth_response(code: ErrorCode | int, message: str, server_time: int) -> pb.AuthResponse:
-    return pb.AuthResponse(code=int(code), message=message, server_time=server_time)

@@ -161,7 +161,3 @@ class Timeline:
         conv.own = {s for s in conv.own if s > conv.watermark}
         conv.since = None
         return self._advance(conv, now)
-
-    def delivered_seq(self, conversation_id: str) -> int:
-        conv = self._conversations.get(conversation_id)
-        return (conv.watermark or 0) if conv else 0

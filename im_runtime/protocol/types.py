@@ -70,8 +70,6 @@ class ErrorCode(enum.IntEnum):
     UNAVAILABLE = 503
 
 
-UNKNOWN_TYPE = ErrorCode.NOT_FOUND
-
 # Body message of each request type; None means the body is empty.
 BODY_TYPES: dict[int, type[ProtoMessage] | None] = {
     RequestType.AUTH_REQ: pb.AuthRequest,
@@ -120,9 +118,6 @@ CLIENT_REQUESTS: dict[int, int | None] = {
     RequestType.ID_BATCH_REQ: RequestType.ID_BATCH_RESP,
 }
 
-LINK_REQUESTS = frozenset(
-    {RequestType.LINK_REGISTER, RequestType.LINK_HEARTBEAT, RequestType.FORWARD}
-)
 
 
 def single_conversation(a: str, b: str) -> ConversationId:
