@@ -73,6 +73,18 @@ class Target:
         self.tcp = (nodes["tcp"][0]["host"], int(nodes["tcp"][0]["port"]))
         self.ws = (nodes["ws"][0]["host"], int(nodes["ws"][0]["port"])) if nodes.get("ws") else None
 
+    def endpoint(self, *, ws: bool) -> tuple[str, int]:
+        if ws and self.ws is None:
+            raise SystemExit("the stack has no WebSocket gateway")
+        return self.ws if ws else self.tcp  # type: ignore[return-value]
+
+    def users(self, kind: str, count: int) -> tuple[str, list[str], dict[str, str]]:
+        """A run tag, `count` fresh uids under it, and a token for each."""
+        run = f"{kind}{int(time.time() * 1000) % 10_000_000}"
+        uids = [f"{run}u{i}" for i in range(count)]
+        _progress(f"bench: minting {len(uids)} tokens")
+        return run, uids, self.tokens(uids)
+
     def tokens(self, uids: list[str]) -> dict[str, str]:
         if self.token_key:
             from im_runtime.route.tokens import TokenSigner
@@ -105,7 +117,8 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def _progress(text: str, quiet: bool) -> None:
+def _progress(text: str) -> None:
+    """Progress goes to stderr, so --json leaves stdout to the one JSON object."""
     print(text, file=sys.stderr, flush=True)
 
 
@@ -114,13 +127,8 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--size must be at least 8 (the send timestamp)")
     target = Target(args)
     try:
-        if args.ws and target.ws is None:
-            raise SystemExit("the stack has no WebSocket gateway")
-        host, port = target.ws if args.ws else target.tcp
-        run = f"b{int(time.time() * 1000) % 10_000_000}"
-        uids = [f"{run}u{i}" for i in range(args.clients)]
-        _progress(f"bench: minting {len(uids)} tokens", args.json)
-        tokens = target.tokens(uids)
+        host, port = target.endpoint(ws=args.ws)
+        run, uids, tokens = target.users("b", args.clients)
         peers: list[Peer] = []
         if args.group_size > 1:
             for g in range(0, len(uids), args.group_size):
@@ -157,10 +165,10 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         cpu0 = cpu_seconds(target.pid) if target.pid else None
         start_at.value = time.time() + 0.5
         go.set()
-        _progress(f"bench: {len(peers)} clients in {args.procs} processes, {args.duration:.0f} s of load", args.json)
+        _progress(f"bench: {len(peers)} clients in {args.procs} processes, {args.duration:.0f} s of load")
         for s in range(int(args.duration)):
             time.sleep(1)
-            _progress(f"bench: {s + 1}/{int(args.duration)} s", args.json)
+            _progress(f"bench: {s + 1}/{int(args.duration)} s")
         outcomes = [results.get(timeout=args.duration + 60) for _ in procs]
         cpu1 = cpu_seconds(target.pid) if target.pid else None
         rss = rss_kib(target.pid) if target.pid else None
@@ -210,13 +218,8 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
 def bench_connections(args: argparse.Namespace) -> dict[str, Any]:
     target = Target(args, idle_timeout=600.0)
     try:
-        if args.ws and target.ws is None:
-            raise SystemExit("the stack has no WebSocket gateway")
-        host, port = target.ws if args.ws else target.tcp
-        run = f"c{int(time.time() * 1000) % 10_000_000}"
-        uids = [f"{run}u{i}" for i in range(args.count)]
-        _progress(f"bench: minting {len(uids)} tokens", args.json)
-        tokens = target.tokens(uids)
+        host, port = target.endpoint(ws=args.ws)
+        _, uids, tokens = target.users("c", args.count)
         peers = [Peer(u, tokens[u], u, False) for u in uids]
         addrs = [f"127.0.0.{2 + i}" for i in range(args.addresses)]
         # a first connection loads whatever the server loads lazily, so the baseline is fair
@@ -253,7 +256,7 @@ def bench_connections(args: argparse.Namespace) -> dict[str, Any]:
                 raise SystemExit(f"load generator failed: {msg[1]}")
             opened += msg[1]
             failed += msg[2]
-            _progress(f"bench: {opened + 1} connections open", args.json)
+            _progress(f"bench: {opened + 1} connections open")
         open_s = time.monotonic() - t0
         time.sleep(args.hold)
         rss1 = rss_kib(target.pid) if target.pid else None
