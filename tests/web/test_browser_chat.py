@@ -9,6 +9,7 @@ from playwright.async_api import expect
 
 from im_runtime.client import GROUP, SINGLE
 from tests.web.browser import WAIT_MS
+from tests.certs import make_cert
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -248,17 +249,11 @@ async def _wait_offline_empty(web_stack, uid: str, timeout: float = 10.0) -> Non
 async def test_page_over_https_uses_wss(browser, web_stack_factory, tmp_path):
     """With a certificate configured the page is served over HTTPS and connects with wss
     (S8): the address it picks from ipList follows the page's scheme."""
-    import subprocess
 
     from tests.web.browser import VIEWPORT, ChatPage
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    stack = await web_stack_factory(tls_cert=str(cert), tls_key=str(key))
+    cert, key = make_cert(tmp_path)
+    stack = await web_stack_factory(tls_cert=cert, tls_key=key)
     base = f"https://127.0.0.1:{stack.app.http_port}/"
     pages = []
     for uid in ("alice", "bob"):

@@ -6,7 +6,6 @@ import asyncio
 import os
 import ssl
 import struct
-import subprocess
 
 import pytest
 from websockets.asyncio.client import connect
@@ -15,6 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import encode_frame, encode_message
 from im_runtime.protocol.types import ErrorCode, RequestType
+from tests.certs import make_cert
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -170,14 +170,9 @@ async def test_idle_connection_is_closed_and_heartbeats_keep_one_open(web_stack_
 
 
 async def test_wss_when_a_certificate_is_configured(web_stack_factory, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    stack = await web_stack_factory(tls_cert=str(cert), tls_key=str(key))
-    client_ctx = ssl.create_default_context(cafile=str(cert))
+    cert, key = make_cert(tmp_path)
+    stack = await web_stack_factory(tls_cert=cert, tls_key=key)
+    client_ctx = ssl.create_default_context(cafile=cert)
     url = f"wss://127.0.0.1:{stack.app.ws.port}/ws"
     async with connect(url, ssl=client_ctx) as ws:
         await ws.send(encode_message(RequestType.HEARTBEAT_REQ, 1))
