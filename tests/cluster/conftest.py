@@ -21,38 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.ferretdb import FerretDB, start_ferretdb
-from tests.servers.redis import RedisServer, free_port, start_redis
-from tests.servers.zookeeper import ZooKeeperServer, start_zookeeper
+from tests.servers.backends import Servers, backends
+from tests.servers.redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Servers:
-    zk: ZooKeeperServer
-    redis: RedisServer
-    mongo: FerretDB
-
-
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory) -> Servers:
-    base = tmp_path_factory.mktemp("cluster-servers")
-    started: list = []
-    try:
-        zk = start_zookeeper(base / "zk")
-        started.append(zk)
-        redis = start_redis(base / "redis")
-        started.append(redis)
-        mongo = start_ferretdb(base / "ferretdb")
-        started.append(mongo)
-    except BaseException:
-        for s in started:
-            s.stop()
-        raise
-    yield Servers(zk, redis, mongo)
-    for s in reversed(started):
-        s.stop()
+    with backends(tmp_path_factory.mktemp("cluster-servers")) as started:
+        yield started
 
 
 def http_json(url: str, *, method: str = "GET", body: dict | None = None, key: str | None = None, timeout: float = 5.0):

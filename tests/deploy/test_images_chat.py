@@ -18,9 +18,8 @@ import urllib.request
 
 import pytest
 
-from tests.servers.ferretdb import start_ferretdb
-from tests.servers.redis import start_redis
-from tests.servers.zookeeper import free_port, start_zookeeper
+from tests.servers.backends import backends
+from tests.servers.zookeeper import free_port
 
 from . import chat_check
 from .tools import run
@@ -30,18 +29,8 @@ READY_TIMEOUT = 120.0
 
 @pytest.fixture
 def stores(tmp_path):
-    started = []
-    try:
-        zk = start_zookeeper(tmp_path / "zk")
-        started.append(zk)
-        redis = start_redis(tmp_path / "redis")
-        started.append(redis)
-        mongo = start_ferretdb(tmp_path / "ferretdb")
-        started.append(mongo)
-        yield zk, redis, mongo
-    finally:
-        for server in reversed(started):
-            server.stop()
+    with backends(tmp_path) as s:
+        yield s.zk, s.redis, s.mongo
 
 
 class Containers:
