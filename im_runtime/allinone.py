@@ -97,7 +97,6 @@ class AllInOne:
                 self.ws = WsGateway(self.node, s.host, s.ws_port, ssl=ssl_ctx, origins=origins, max_body=s.max_body)
                 await self.ws.start()
                 ips.add("ws", s.advertise_host, lambda: self.ws.port, lambda: self.node.count("ws"), lambda: self.node.draining)
-        self.node.reconnect_target = lambda kind: None
         api = HttpApi(
             signer=self.signer,
             admin_key=s.admin_key,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -232,5 +231,5 @@ async def serve(app: web.Application, host: str, port: int, *, ssl_context=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
     await site.start()
-    log.info("http listening", extra={"host": host, "port": port, "tls": ssl_context is not None, "at": time.time()})
+    log.info("http listening", extra={"host": host, "port": port, "tls": ssl_context is not None})
     return runner
