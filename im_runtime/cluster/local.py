@@ -109,10 +109,16 @@ def _up(state: Path, launcher: _Launcher, access: int, dispatch: int, http_port:
                                       "--daemonize", "no", "--maxmemory-policy", "noeviction", "--dir", str(state)])
     _wait(lambda: _tcp_ok(redis_port), "redis", p, log)
     (state / "mongo").mkdir(exist_ok=True)
-    p, log = launcher.spawn("ferretdb", [str(ferret), "--handler=sqlite", # WAL + synchronous=NORMAL: durable across process crashes (kill -9 of anything), not
-                                         # across power loss; FerretDB's default (FULL) fsyncs every insert, ~4x slower here.
-                                         f"--sqlite-url=file:{state / 'mongo'}/?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)",
-                                         f"--listen-addr=127.0.0.1:{mongo_port}", "--log-level=warn"], env=dict(os.environ, DO_NOT_TRACK="1"))
+    # WAL + synchronous=NORMAL: durable across process crashes (kill -9 of anything), not across
+    # power loss; FerretDB's default (FULL) fsyncs every insert, ~4x slower here.
+    # GOGC=400: FerretDB allocates per document; fewer Go collections cut its CPU per stored
+    # message by ~10 % here, for a few more MB of heap.
+    sqlite_url = f"file:{state / 'mongo'}/?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
+    p, log = launcher.spawn(
+        "ferretdb",
+        [str(ferret), "--handler=sqlite", f"--sqlite-url={sqlite_url}", f"--listen-addr=127.0.0.1:{mongo_port}", "--log-level=warn"],
+        env=dict(os.environ, DO_NOT_TRACK="1", GOGC="400"),
+    )
     _wait(lambda: _tcp_ok(mongo_port), "ferretdb", p, log)
 
     admin_key = os.environ.get("IMSTACK_ADMIN_KEY") or secrets.token_urlsafe(24)

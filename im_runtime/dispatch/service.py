@@ -138,7 +138,8 @@ class DispatchService:
             # across the store round trips below capped a conversation at one send per
             # round-trip time on Redis/MongoDB. Pushes of one conversation may therefore
             # leave out of seq order under concurrency; clients order by seq (S12).
-            seq = await stores.sequences.next_seq(conversation_id)
+            steps = stores.steps
+            seq = await steps.sequence(conversation_id, uid, recipients)
             # attribute assignment: several times cheaper than keyword construction in upb
             message = pb.Message(**{"from": uid})
             message.message_id = message_id
@@ -150,14 +151,13 @@ class DispatchService:
             message.content = content
             message.server_time = int(time.time() * 1000)
             await stores.messages.save(message)  # S11: persisted before the ack
-            await stores.reads.advance(uid, conversation_id, seq)
             await self._fan_out(message, recipients)
             ack = pb.SendAck()
             ack.message_id = message_id
             ack.conversation_id = conversation_id
             ack.seq = seq
             ack.server_time = message.server_time
-            await stores.dedup.complete(uid, message_id, ack)
+            await steps.complete(uid, message_id, ack)
         except Exception:
             await stores.dedup.release(uid, message_id)
             raise
@@ -171,12 +171,9 @@ class DispatchService:
 
     async def _fan_out(self, message: pb.Message, recipients: list[str]) -> None:
         """Write diffusion (S10): every receiver's queue first, then one push or notify each."""
-        stores = self.stores
         conversation_id = message.conversation_id
         push_to: list[str] = []
-        for uid in recipients:
-            pending = await stores.offline.add(uid, message)
-            await stores.reads.join(uid, conversation_id)
+        for uid, pending in zip(recipients, await self.stores.steps.enqueue(recipients, message)):
             if pending > self.notify_threshold:
                 notify = pb.PullNotify(conversation_id=conversation_id, latest_seq=message.seq, pending=pending)
                 await self.pusher.deliver([uid], encode_message(RequestType.PULL_NOTIFY, 0, notify))

@@ -28,6 +28,7 @@ from im_runtime.storage.redis_store import (
     RedisGroupCache,
     RedisOfflineStore,
     RedisReadStore,
+    RedisSendSteps,
     RedisSequenceStore,
     RedisSessionStore,
 )
@@ -87,15 +88,20 @@ async def cluster_stores(
     messages = MongoMessageStore(db)
     pipe = AutoPipeline(redis, redis_url, reply_timeout_s=redis_reply_timeout_s)  # one pipelined path for every Redis store of this process
     pools.pipe = pipe
+    offline = RedisOfflineStore(pipe)
+    sequences = RedisSequenceStore(pipe, MongoSeqFloor(db, messages), block=seq_block)
+    dedup = RedisDedupStore(pipe, ttl_s=dedup_ttl_s, pending_ttl_s=dedup_pending_ttl_s)
+    reads = RedisReadStore(pipe)
     return Stores(
         sessions=RedisSessionStore(pipe),
-        offline=RedisOfflineStore(pipe),
-        sequences=RedisSequenceStore(pipe, MongoSeqFloor(db, messages), block=seq_block),
+        offline=offline,
+        sequences=sequences,
         messages=messages,
-        dedup=RedisDedupStore(pipe, ttl_s=dedup_ttl_s, pending_ttl_s=dedup_pending_ttl_s),
+        dedup=dedup,
         groups=MongoGroupStore(db, RedisGroupCache(pipe)),
-        reads=RedisReadStore(pipe),
+        reads=reads,
         segments=_ClosingSegments(db, pools),
+        steps=RedisSendSteps(pipe, sequences, offline, dedup, reads),
     )
 
 

@@ -124,6 +124,47 @@ class SegmentStore(Protocol):
         """Reserves [start, end) atomically; ranges never overlap across nodes."""
 
 
+class SendSteps(Protocol):
+    """The store work of one send, in the three steps the dispatch service takes (S10-S14).
+
+    Each step spans several stores; an engine may do a step in one round trip where its keys
+    allow (Redis: one Lua script per step, each within one cluster slot), which matters at
+    thousands of sends per second. `ComposedSendSteps` does them store by store.
+    Once all three have run, the stores hold what the single calls would leave: the sender's
+    read position at the seq (reads.advance), every recipient in the conversation (reads.join)
+    with the message in its offline queue, and the completed de-dup claim."""
+
+    async def sequence(self, conversation_id: str, sender: str, recipients: list[str]) -> int:
+        """The next seq of the conversation (sequences.next_seq)."""
+    async def enqueue(self, uids: list[str], message: pb.Message) -> list[int]:
+        """offline.add(uid, message) for every uid; returns, per uid, its pending count in
+        the message's conversation."""
+    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
+        """dedup.complete(sender, message_id, ack)."""
+
+
+class ComposedSendSteps:
+    """SendSteps from the single stores (the memory engine's, and any engine's fallback)."""
+
+    def __init__(self, stores: "Stores") -> None:
+        self.stores = stores
+
+    async def sequence(self, conversation_id: str, sender: str, recipients: list[str]) -> int:
+        seq = await self.stores.sequences.next_seq(conversation_id)
+        await self.stores.reads.advance(sender, conversation_id, seq)
+        return seq
+
+    async def enqueue(self, uids: list[str], message: pb.Message) -> list[int]:
+        pending = []
+        for uid in uids:
+            pending.append(await self.stores.offline.add(uid, message))
+            await self.stores.reads.join(uid, message.conversation_id)
+        return pending
+
+    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
+        await self.stores.dedup.complete(sender, message_id, ack)
+
+
 @dataclass(slots=True)
 class Stores:
     """The set of stores one process runs with."""
@@ -136,6 +177,11 @@ class Stores:
     groups: GroupStore
     reads: ReadStore
     segments: SegmentStore
+    steps: SendSteps | None = None  # None: ComposedSendSteps over the stores above
+
+    def __post_init__(self) -> None:
+        if self.steps is None:
+            self.steps = ComposedSendSteps(self)
 
     async def close(self) -> None:
         for store in (self.sessions, self.offline, self.sequences, self.messages, self.dedup, self.groups, self.reads, self.segments):

@@ -2,11 +2,13 @@
 seq high-water marks that keep seqs from going backwards (S11, S12).
 
 Design (docs/storage.md has the collections and indexes):
-- messages: `_id` = f"{conversation}:{(2**63-1-message_id):019d}" (S11: conversation id +
-  reversed message id, so an `_id` range scan reads the newest first), plus the fields `c`
-  (conversation), `s` (seq), `m` (message id), `t` (server time) and `b` (the serialized
-  protobuf). A unique index on (c, s) serves history ranges and max_seq, and makes save
-  idempotent per (conversation, seq): a duplicate is a DuplicateKeyError we swallow.
+- messages: `{_id: f"{conversation}:{(2**63-1-seq):019d}", b}` (S11's key: conversation id +
+  reversed order id, so one conversation is one contiguous `_id` range, newest first; seq is
+  the conversation's order). `b` is the serialized Message. History and max_seq are `_id`
+  range reads, so no secondary index is needed, and save is idempotent per (conversation,
+  seq): a duplicate is a DuplicateKeyError we swallow. (Until 0.1 the key held the message id
+  and a unique (c, s) index served the ranges; that index was half of FerretDB's cost per
+  insert.)
 - Multi-node counters (id segments, seq marks) are Chains of insert-only documents whose
   unique `_id` makes each step atomic on MongoDB and on FerretDB alike (see Chain).
 - Groups: MongoDB holds the truth, one document per membership; Redis caches the member list
@@ -29,7 +31,7 @@ from im_runtime.metrics import REGISTRY
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.storage.redis_store import RedisGroupCache
 
-_MAX_ID = 2**63 - 1
+_MAX_SEQ = 2**63 - 1
 
 MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message saves that completed (duplicates included)", registry=REGISTRY)
 INSERT_BATCHES = Counter("imstack_mongo_insert_batches_total", "insert_many batches written by InsertBatcher", registry=REGISTRY)
@@ -37,14 +39,20 @@ INSERT_DOCS = Counter("imstack_mongo_insert_documents_total", "Documents in thos
 MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)", registry=REGISTRY)
 
 
-def message_key(conversation_id: str, message_id: int) -> str:
-    """S11 key: conversation id + reversed message id, so ascending `_id` = newest first."""
-    return f"{conversation_id}:{(_MAX_ID - message_id):019d}"
+def message_key(conversation_id: str, seq: int) -> str:
+    """S11 key: conversation id + reversed seq, fixed width, so ascending `_id` = newest first.
+
+    Conversation ids never contain a ':' after their kind prefix (uids and group ids exclude
+    it), so no conversation's keys fall inside another conversation's range."""
+    return f"{conversation_id}:{(_MAX_SEQ - seq):019d}"
+
+
+def seq_of(key: str) -> int:
+    return _MAX_SEQ - int(key.rsplit(":", 1)[1])
 
 
 async def ensure_indexes(db: AsyncDatabase) -> None:
     """Idempotent; run once at start by cluster_stores."""
-    await db.messages.create_index([("c", ASCENDING), ("s", ASCENDING)], name="conv_seq", unique=True)
     await db.group_members.create_index([("g", ASCENDING)], name="group")
 
 
@@ -55,20 +63,23 @@ class InsertBatcher:
     each), so batches grow with the load while a lone insert still costs one round trip.
     Each caller gets its own outcome: None, or DuplicateKeyError / the write error."""
 
-    def __init__(self, collection: AsyncCollection, *, max_batch: int = 500, max_in_flight: int = 2) -> None:
+    def __init__(self, collection: AsyncCollection, *, max_batch: int = 500, max_in_flight: int = 1) -> None:
         self._c = collection
         self._queue: list[tuple[dict, asyncio.Future]] = []
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._flushers: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def insert(self, doc: dict) -> None:
-        future = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()  # once: it costs a getpid() on 3.11
+        self._loop = loop
+        future = loop.create_future()
         self._queue.append((doc, future))
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._flush())
+            task = loop.create_task(self._flush())
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
         await future
@@ -196,14 +207,7 @@ class MongoMessageStore:
         self._inserts = InsertBatcher(db.messages)
 
     async def save(self, message: pb.Message) -> None:
-        doc = {
-            "_id": message_key(message.conversation_id, message.message_id),
-            "c": message.conversation_id,
-            "s": int(message.seq),
-            "m": int(message.message_id),
-            "t": int(message.server_time),
-            "b": Binary(message.SerializeToString()),
-        }
+        doc = {"_id": message_key(message.conversation_id, message.seq), "b": Binary(message.SerializeToString())}
         try:
             await self._inserts.insert(doc)
         except DuplicateKeyError:
@@ -216,21 +220,25 @@ class MongoMessageStore:
     async def range(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False
     ) -> tuple[list[pb.Message], bool]:
-        bounds: dict = {"$gt": int(after_seq)}
-        if before_seq:
-            bounds["$lt"] = int(before_seq)
+        # seq > after_seq <=> key < key(after_seq); seq < before_seq <=> key > key(before_seq)
+        after_seq = min(max(0, int(after_seq)), _MAX_SEQ)
+        low = message_key(conversation_id, int(before_seq)) if 0 < before_seq <= _MAX_SEQ else f"{conversation_id}:"
         limit = max(0, int(limit))
         cursor = (
-            self._c.find({"c": conversation_id, "s": bounds}, {"b": 1, "_id": 0})
-            .sort("s", DESCENDING if newest_first else ASCENDING)
+            self._c.find({"_id": {"$gt": low, "$lt": message_key(conversation_id, after_seq)}}, {"b": 1, "_id": 0})
+            .sort("_id", ASCENDING if newest_first else DESCENDING)
             .limit(limit + 1)
         )
         docs = await cursor.to_list(limit + 1)
         return [pb.Message.FromString(bytes(d["b"])) for d in docs[:limit]], len(docs) > limit
 
     async def max_seq(self, conversation_id: str) -> int:
-        doc = await self._c.find_one({"c": conversation_id}, {"s": 1, "_id": 0}, sort=[("s", DESCENDING)])
-        return int(doc["s"]) if doc else 0
+        doc = await self._c.find_one(
+            {"_id": {"$gte": message_key(conversation_id, _MAX_SEQ), "$lt": message_key(conversation_id, 0)}},
+            {"_id": 1},
+            sort=[("_id", ASCENDING)],
+        )
+        return seq_of(doc["_id"]) if doc else 0
 
     async def max_seqs(self, conversation_ids: list[str]) -> dict[str, int]:
         found = await asyncio.gather(*(self.max_seq(c) for c in conversation_ids))

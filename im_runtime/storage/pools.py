@@ -95,6 +95,9 @@ class _RespProtocol(asyncio.Protocol):
     event-loop turn, and replies (parsed by hiredis) resolve the waiting futures in order."""
 
     def __init__(self, reply_timeout_s: float = 10.0) -> None:
+        # Python 3.11's asyncio.get_running_loop() makes a getpid() system call; this runs
+        # several times per command, so the loop is looked up once.
+        self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
         self._waiting: deque[asyncio.Future] = deque()
         self._out: list[bytes] = []
@@ -112,11 +115,10 @@ class _RespProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        loop = asyncio.get_running_loop()
-        self._watchdog = loop.call_later(self._reply_timeout / 4, self._check)
+        self._watchdog = self._loop.call_later(self._reply_timeout / 4, self._check)
 
     def _check(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if self.lost:
             return
         if self._waiting and loop.time() - self._progress > self._reply_timeout:
@@ -128,7 +130,7 @@ class _RespProtocol(asyncio.Protocol):
         self._watchdog = loop.call_later(self._reply_timeout / 4, self._check)
 
     def data_received(self, data: bytes) -> None:
-        self._progress = asyncio.get_running_loop().time()
+        self._progress = self._loop.time()
         self._reader.feed(data)
         while True:
             try:
@@ -166,12 +168,12 @@ class _RespProtocol(asyncio.Protocol):
             future.set_exception(ConnectionError("Redis connection lost"))
             return
         if not self._waiting:
-            self._progress = asyncio.get_running_loop().time()
+            self._progress = self._loop.time()
         self._out.append(hiredis.pack_command(args))
         self._waiting.append(future)
         if not self._write_scheduled:
             self._write_scheduled = True
-            asyncio.get_running_loop().call_soon(self._write)
+            self._loop.call_soon(self._write)
 
     def _write(self) -> None:
         self._write_scheduled = False
@@ -181,6 +183,22 @@ class _RespProtocol(asyncio.Protocol):
             data = b"".join(self._out)
             self._out.clear()
             self.transport.write(data)
+
+
+async def await_all(*futures: asyncio.Future) -> list:
+    """Results of futures that are already running, in order; every one is awaited even when
+    an earlier one failed (no "exception never retrieved"), then the first error is raised.
+    asyncio.gather would wrap each in a Task, which on the send path costs more than the call."""
+    results, error = [], None
+    for future in futures:
+        try:
+            results.append(await future)
+        except Exception as exc:  # noqa: BLE001 - re-raised below
+            results.append(None)
+            error = error or exc
+    if error is not None:
+        raise error
+    return results
 
 
 class AutoPipeline:
@@ -215,6 +233,7 @@ class AutoPipeline:
         self._conns: list[_RespProtocol | None] = [None] * connections
         self._connecting: list[asyncio.Lock] = [asyncio.Lock() for _ in range(connections)]
         self._next = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first call (see _RespProtocol)
 
     async def _connection(self, slot: int) -> _RespProtocol:
         conn = self._conns[slot]
@@ -253,8 +272,9 @@ class AutoPipeline:
         self._next = (slot + 1) % len(self._conns)
         conn = self._conns[slot]
         if conn is None or conn.lost:
-            return asyncio.ensure_future(self._call_connecting(slot, args))
-        future = asyncio.get_running_loop().create_future()
+            self._loop = asyncio.get_running_loop()
+            return self._loop.create_task(self._call_connecting(slot, args))
+        future = self._loop.create_future()
         conn.send(args, future)
         return future
 
@@ -264,12 +284,40 @@ class AutoPipeline:
         conn.send(args, future)
         return await future
 
-    async def script(self, script, keys: list, args: list):
+    def script(self, script, keys: list, args: list) -> asyncio.Future:
+        """Runs a Lua script (EVALSHA); like call(), the command leaves before the caller awaits,
+        so a store can send several scripts in one pipeline write. A NOSCRIPT reply loads the
+        script and retries once."""
+        first = self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        result = self._loop.create_future()
+
+        def settle(f: asyncio.Future) -> None:
+            if result.done():
+                return
+            if f.cancelled():
+                result.cancel()
+                return
+            exc = f.exception()
+            if isinstance(exc, NoScriptError):
+                self._loop.create_task(self._load_and_retry(script, keys, args, result))
+            elif exc is not None:
+                result.set_exception(exc)
+            else:
+                result.set_result(f.result())
+
+        first.add_done_callback(settle)
+        return result
+
+    async def _load_and_retry(self, script, keys: list, args: list, result: asyncio.Future) -> None:
         try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
             await self.client.script_load(script.script)
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            value = await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            if not result.done():
+                result.set_exception(exc)
+            return
+        if not result.done():
+            result.set_result(value)
 
     async def close(self) -> None:
         for conn in self._conns:

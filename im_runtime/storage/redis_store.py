@@ -27,7 +27,7 @@ from typing import Iterable, Protocol
 
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.storage.interfaces import Claim, ClaimState
-from im_runtime.storage.pools import AutoPipeline
+from im_runtime.storage.pools import AutoPipeline, await_all
 
 PREFIX = "im"
 
@@ -60,14 +60,14 @@ class RedisSessionStore:
         self._p = pipe
 
     async def bind(self, uid: str, node: str, conn_id: int, device_id: str) -> None:
-        await asyncio.gather(
+        await await_all(
             self._p.call("HSET", _key("sess", uid), f"{node}|{conn_id}", device_id),
             self._p.call("SADD", _key("node", node), f"{conn_id}|{uid}"),
             self._p.call("SADD", NODES_KEY, node),
         )
 
     async def unbind(self, uid: str, node: str, conn_id: int) -> bool:
-        removed, _ = await asyncio.gather(
+        removed, _ = await await_all(
             self._p.call("HDEL", _key("sess", uid), f"{node}|{conn_id}"),
             self._p.call("SREM", _key("node", node), f"{conn_id}|{uid}"),
         )
@@ -77,7 +77,7 @@ class RedisSessionStore:
         uids = list(dict.fromkeys(uids))
         if not uids:
             return {}
-        replies = await asyncio.gather(*(self._p.call("HKEYS", _key("sess", uid)) for uid in uids))
+        replies = await await_all(*(self._p.call("HKEYS", _key("sess", uid)) for uid in uids))
         found: dict[str, list[str]] = {}
         for uid, fields in zip(uids, replies):
             if fields:
@@ -94,7 +94,7 @@ class RedisSessionStore:
         if not entries:
             return 0
         pairs = [_s(e).split("|", 1) for e in entries]
-        replies = await asyncio.gather(
+        replies = await await_all(
             *(self._p.call("HDEL", _key("sess", uid), f"{node}|{conn_id}") for conn_id, uid in pairs),
             self._p.call("SREM", node_key, *entries),
         )
@@ -315,7 +315,7 @@ class RedisSequenceStore:
         convs = list(dict.fromkeys(conversation_ids))
         if not convs:
             return {}
-        replies = await asyncio.gather(*(self._p.call("HGET", _key("seq", conv), "c") for conv in convs))
+        replies = await await_all(*(self._p.call("HGET", _key("seq", conv), "c") for conv in convs))
         result = {c: int(v) for c, v in zip(convs, replies) if v is not None}
         missing = [c for c in convs if c not in result]
         if missing:  # no counter: never used (no mark either), or lost with Redis
@@ -397,13 +397,13 @@ class RedisReadStore:
         self._max = pipe.client.register_script(_MAX_FIELD)
 
     async def join(self, uid: str, conversation_id: str, read_seq: int = 0) -> None:
-        await asyncio.gather(
+        await await_all(
             self._p.call("HSETNX", _key("rdu", uid), conversation_id, int(read_seq)),
             self._p.call("HSETNX", _key("rdc", conversation_id), uid, int(read_seq)),
         )
 
     async def advance(self, uid: str, conversation_id: str, seq: int) -> int:
-        mine, _ = await asyncio.gather(
+        mine, _ = await await_all(
             self._p.script(self._max, [_key("rdu", uid)], [conversation_id, int(seq)]),
             self._p.script(self._max, [_key("rdc", conversation_id)], [uid, int(seq)]),
         )
@@ -466,3 +466,78 @@ class RedisGroupCache:
 
     async def invalidate(self, group_id: str) -> None:
         await self._p.script(self._invalidate, [_key("grp", group_id)], [self._ttl_ms])
+
+
+# --------------------------------------------------------------------------- the send path
+
+# KEYS: seq counter hash, read mirror of the conversation (`rdc`); ARGV: sender, recipients...
+# The fast path of _SEQ_NEXT plus, in the same slot, the sender's read position (max) and the
+# recipients' join. Returns {1, seq}, or {0, 0} when the counter needs the slow path.
+_SEND_SEQUENCE = """
+local v = redis.call('HMGET', KEYS[1], 'c', 'm')
+if not v[1] or not v[2] or tonumber(v[1]) >= tonumber(v[2]) then return {0, 0} end
+local seq = redis.call('HINCRBY', KEYS[1], 'c', 1)
+local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if seq > cur then redis.call('HSET', KEYS[2], ARGV[1], seq) end
+for i = 2, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], 0) end
+return {1, seq}
+"""
+
+# KEYS: the four offline keys of _OFFLINE_ADD, the receiver's read list (`rdu`);
+# ARGV: as _OFFLINE_ADD. Joins the receiver to the conversation, then adds.
+_SEND_ENQUEUE = """
+redis.call('HSETNX', KEYS[5], ARGV[3], 0)
+""" + _OFFLINE_ADD
+
+# KEYS: de-dup key, the sender's read list (`rdu`); ARGV: done value, ttl ms, conversation, seq.
+_SEND_COMPLETE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '-1')
+if tonumber(ARGV[4]) > cur then redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) end
+return 1
+"""
+
+
+class RedisSendSteps:
+    """interfaces.SendSteps in three Lua scripts, each within one cluster slot: the
+    conversation's (seq + its read mirror), each receiver's (offline queue + read list), the
+    sender's (de-dup claim + read list). The single-store calls took seven round trips per 1:1
+    send and three more per extra group member; this takes three, and one per member."""
+
+    def __init__(self, pipe: AutoPipeline, sequences: RedisSequenceStore, offline: RedisOfflineStore,
+                 dedup: RedisDedupStore, reads: RedisReadStore) -> None:
+        self._p = pipe
+        self._sequences = sequences
+        self._offline = offline
+        self._dedup = dedup
+        self._reads = reads
+        self._sequence = pipe.client.register_script(_SEND_SEQUENCE)
+        self._enqueue = pipe.client.register_script(_SEND_ENQUEUE)
+        self._complete = pipe.client.register_script(_SEND_COMPLETE)
+
+    async def sequence(self, conversation_id: str, sender: str, recipients: list[str]) -> int:
+        status, seq = await self._p.script(
+            self._sequence, [_key("seq", conversation_id), _key("rdc", conversation_id)], [sender, *recipients]
+        )
+        if status == 1:
+            return int(seq)
+        # a new conversation, a counter lost with Redis, or the end of a leased block (one
+        # send in `block`): the sequence store's slow path, then the same read-state steps
+        seq = await self._sequences.next_seq(conversation_id)
+        await self._reads.advance(sender, conversation_id, seq)
+        await await_all(*(self._p.call("HSETNX", _key("rdc", conversation_id), uid, 0) for uid in recipients))
+        return seq
+
+    async def enqueue(self, uids: list[str], message: pb.Message) -> list[int]:
+        args = [message.message_id, message.SerializeToString(), message.conversation_id, max(0, message.server_time)]
+        replies = await await_all(
+            *(self._p.script(self._enqueue, [*RedisOfflineStore._keys(uid), _key("rdu", uid)], args) for uid in uids)
+        )
+        return [int(r) for r in replies]
+
+    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
+        await self._p.script(
+            self._complete,
+            [RedisDedupStore._k(sender, message_id), _key("rdu", sender)],
+            [_DONE + ack.SerializeToString(), self._dedup._ttl_ms, ack.conversation_id, int(ack.seq)],
+        )

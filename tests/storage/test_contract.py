@@ -219,6 +219,39 @@ async def test_messages_save_is_idempotent_and_ranges_work(engine: Engine) -> No
     assert await m.range(new_id("c")) == ([], False)
 
 
+# ------------------------------------------------------------------ the send steps (S10-S14)
+
+
+async def test_send_steps_leave_what_the_single_stores_would(engine: Engine) -> None:
+    """sequence + enqueue + complete: the sender read up to its seq, every recipient joined
+    and queued, the claim done; across more than one seq block (the slow path every 100)."""
+    st = engine.stores
+    sender, r1, r2 = new_id("u"), new_id("u"), new_id("u")
+    conv = new_id("g")
+    await st.reads.join(r1, conv, 0)
+    await st.reads.advance(r1, conv, 1)  # a recipient with a position keeps it
+    seqs = []
+    for i in range(1, 131):
+        assert (await st.dedup.claim(sender, i)).state is ClaimState.NEW
+        seq = await st.steps.sequence(conv, sender, [r1, r2])
+        seqs.append(seq)
+        pending = await st.steps.enqueue([r1, r2], msg(conv, i, seq=seq))
+        assert pending == [i, i]
+        await st.steps.complete(sender, i, pb.SendAck(message_id=i, conversation_id=conv, seq=seq))
+    assert seqs == list(range(1, 131))
+    assert (await st.sequences.latest_seqs([conv]))[conv] == 130
+    assert await st.reads.positions(conv) == {sender: 130, r1: 1, r2: 0}
+    assert (await st.reads.conversations(sender))[conv] == 130
+    assert (await st.reads.conversations(r1))[conv] == 1
+    assert (await st.reads.conversations(r2))[conv] == 0
+    assert await st.offline.backlog(r2) == 130
+    claim = await st.dedup.claim(sender, 7)
+    assert claim.state is ClaimState.DONE and claim.ack.seq == 7
+    # a duplicate enqueue (a retried send) adds nothing
+    assert await st.steps.enqueue([r2], msg(conv, 5, seq=5)) == [130]
+    assert await st.offline.backlog(r2) == 130
+
+
 # ------------------------------------------------------------------ de-dup (S12, S15)
 
 
@@ -440,21 +473,36 @@ async def test_redis_keys_of_one_user_share_a_slot_and_users_spread(cluster_serv
         await stores.close()
 
 
-async def test_mongo_message_ids_read_newest_first(cluster_servers) -> None:
+async def test_mongo_messages_keyed_newest_first_and_ranges_stay_in_their_conversation(cluster_servers) -> None:
+    """S11 key: conversation + reversed seq; history and max_seq are `_id` ranges, so a
+    conversation whose id extends another's must not leak into its ranges."""
     from pymongo import AsyncMongoClient
 
     from im_runtime.storage.cluster import cluster_stores
-    from im_runtime.storage.mongo_store import message_key
+    from im_runtime.storage.mongo_store import message_key, seq_of
 
     stores = await cluster_stores(cluster_servers.redis.url, cluster_servers.mongo.url, "imstack_contract")
     client = AsyncMongoClient(cluster_servers.mongo.url, directConnection=True)
     try:
         conv = new_id("c")
+        neighbours = [f"{conv}0", f"{conv}-", conv[:-1]]  # ids whose keys sort right beside conv's
+        for n in neighbours:
+            await stores.messages.save(msg(n, 1, seq=1))
+            await stores.messages.save(msg(n, 2, seq=2**40))
         for seq, message_id in enumerate([5, 900_000_000_001, 77, 2**62], start=1):
             await stores.messages.save(msg(conv, message_id, seq=seq))
-        docs = await client["imstack_contract"].messages.find({"c": conv}).sort("_id", 1).to_list(10)
-        assert [d["m"] for d in docs] == [2**62, 900_000_000_001, 77, 5]  # S11: newest (highest id) first
-        assert docs[0]["_id"] == message_key(conv, 2**62) == f"{conv}:{2**63 - 1 - 2**62:019d}"
+        docs = await client["imstack_contract"].messages.find({"_id": {"$regex": f"^{conv}:"}}).sort("_id", 1).to_list(10)
+        assert [seq_of(d["_id"]) for d in docs] == [4, 3, 2, 1]  # S11: newest first
+        assert docs[0]["_id"] == message_key(conv, 4) == f"{conv}:{2**63 - 1 - 4:019d}"
+        assert pb.Message.FromString(docs[0]["b"]).message_id == 2**62
+        assert await stores.messages.max_seq(conv) == 4
+        page, more = await stores.messages.range(conv, after_seq=0, limit=10)
+        assert [m.seq for m in page] == [1, 2, 3, 4] and not more
+        page, more = await stores.messages.range(conv, after_seq=1, before_seq=4, limit=10)
+        assert [m.seq for m in page] == [2, 3] and not more
+        page, more = await stores.messages.range(conv, limit=2, newest_first=True)
+        assert [m.seq for m in page] == [4, 3] and more
+        assert await stores.messages.max_seq(new_id("c")) == 0
     finally:
         await client.close()
         await stores.close()
