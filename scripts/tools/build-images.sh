@@ -59,13 +59,13 @@ wheelhouse="$out/wheelhouse"
 context="$out/context"
 mkdir -p "$wheelhouse"
 
-# 1. Requirements of the runtime images and of the operator image, from pyproject.toml.
+# 1. Requirements of the runtime images (pyproject.toml) and of the operator image (the
+#    operator's own distribution, operator/pyproject.toml: it does not need the runtime's).
 "$PYTHON" - "$wheelhouse" <<'PY'
 import pathlib, sys, tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 out = pathlib.Path(sys.argv[1])
-runtime = list(project["dependencies"])
-operator = runtime + list(project["optional-dependencies"]["operator"])
+runtime = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+operator = tomllib.load(open("operator/pyproject.toml", "rb"))["project"]["dependencies"]
 for name, reqs in (("runtime", runtime), ("operator", operator)):
     text = "".join(r + "\n" for r in reqs)
     path = out / f"requirements-{name}.txt"
@@ -88,7 +88,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     --only-binary=:all: "${platforms[@]}" \
     --python-version "$IMAGE_PYTHON_VERSION" --implementation cp --abi "cp$pyver" \
     --dest "$wheelhouse" \
-    -r "$wheelhouse/requirements-operator.txt" "setuptools>=68" wheel \
+    -r "$wheelhouse/requirements-runtime.txt" -r "$wheelhouse/requirements-operator.txt" \
+    "setuptools>=68" wheel \
     "async-timeout>=4.0.3"
   printf '%s' "$want" >"$stamp"
 fi
