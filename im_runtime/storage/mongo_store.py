@@ -253,8 +253,10 @@ class MongoSeqFloor:
         self._chain = Chain(db.seq_marks, initial=0)
         self._messages = messages
 
-    async def reserve(self, conversation_id: str, at_least: int) -> int:
-        _, mark = await self._chain.advance(conversation_id, lambda cur: None if cur >= at_least else int(at_least))
+    async def reserve(self, conversation_id: str, at_least: int, *, known: int | None = None) -> int:
+        _, mark = await self._chain.advance(
+            conversation_id, lambda cur: None if cur >= at_least else int(at_least), known=known
+        )
         return mark
 
     async def restart(self, conversation_id: str, block: int) -> tuple[int, int]:

@@ -20,6 +20,7 @@ Design (docs/storage.md has the full key table):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -32,8 +33,10 @@ from im_runtime.storage.pools import AutoPipeline, await_all
 PREFIX = "im"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def tag(owner: str) -> str:
-    """Cluster hash tag of an id: 8 hex chars, so odd ids (with `{`/`}`) still hash well."""
+    """Cluster hash tag of an id: 8 hex chars, so odd ids (with `{`/`}`) still hash well.
+    Cached: every send names the same few ids several times."""
     return hashlib.blake2b(owner.encode(), digest_size=4).hexdigest()
 
 
@@ -150,8 +153,9 @@ class RedisOfflineStore:
         self._ack = pipe.client.register_script(_OFFLINE_ACK)
 
     @staticmethod
-    def _keys(uid: str) -> list[str]:
-        return [_key("off", uid), _key("offi", uid), _key("offp", uid), _key("offl", uid)]
+    @functools.lru_cache(maxsize=1 << 14)
+    def _keys(uid: str) -> tuple[str, str, str, str]:
+        return _key("off", uid), _key("offi", uid), _key("offp", uid), _key("offl", uid)
 
     async def add(self, uid: str, message: pb.Message) -> int:
         server_ms = max(0, message.server_time)  # no time given: the per-user +1 keeps the order
@@ -193,8 +197,9 @@ class RedisOfflineStore:
 class SeqFloor(Protocol):
     """What the Redis counter needs from durable storage (MongoDB in cluster mode)."""
 
-    async def reserve(self, conversation_id: str, at_least: int) -> int:
-        """Raises the durable high-water mark to >= at_least; returns the mark."""
+    async def reserve(self, conversation_id: str, at_least: int, *, known: int | None = None) -> int:
+        """Raises the durable high-water mark to >= at_least; returns the mark. `known`: the
+        mark as the caller last saw it (a hint that saves reading it; may be stale)."""
     async def restart(self, conversation_id: str, block: int) -> tuple[int, int]:
         """Reserves `block` more after the durable mark: (mark before, mark after)."""
     async def reserved(self, conversation_id: str) -> int:
@@ -301,7 +306,9 @@ class RedisSequenceStore:
                         floor = max(floor, await self._floor.stored_max(conversation_id))
                 else:
                     floor = int(value)
-                    mark = await self._floor.reserve(conversation_id, floor + self._block)
+                    # status 0 means c >= m, and c never passes m: floor is the mark itself, a
+                    # value the chain passed through, so it is a safe hint (Chain.advance)
+                    mark = await self._floor.reserve(conversation_id, floor + self._block, known=floor)
             except BaseException:
                 if recovering:  # let another caller take over at once
                     await self._p.call("DEL", keys[1])
