@@ -52,7 +52,7 @@ class ClusterPusher:
 
     MAX_BATCH = 500
     MAX_QUEUED = 50_000
-    LINGER_S = 0.002
+    LINGER_S = 0.004
 
     def __init__(self, route: RouteClient, links: LinkServer) -> None:
         self.route = route
