@@ -81,15 +81,20 @@ def main() -> int:
             lines.append(f"- {name}: `{json.dumps(r)}`")
     lines.append("\n</details>")
     lines.append(END)
-    text = DOC.read_text() if DOC.exists() else ""
-    block = "\n".join(lines)
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+    print(replace_section(DOC, START, END, "\n".join(lines)))
+    return 0
+
+
+def replace_section(doc: Path, start: str, end: str, block: str) -> str:
+    """Puts block (which begins with start and ends with end) in place of the doc's section
+    between those markers, or at the end of the doc when it has none yet; returns block."""
+    text = doc.read_text() if doc.exists() else ""
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
-    print(block)
-    return 0
+    doc.write_text(text)
+    return block
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import replace_section  # scripts/benchmarks.py (this script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- cluster results: start (scripts/cluster_benchmarks.py) -->", "<!-- cluster results: end -->"
@@ -124,14 +126,7 @@ def main() -> int:
             lines.append(f"- {name}: `{json.dumps(r)}`")
     lines.append("\n</details>")
     lines.append(END)
-    text = DOC.read_text()
-    block = "\n".join(lines)
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
-    print(block)
+    print(replace_section(DOC, START, END, "\n".join(lines)))
     return 0
 
 
