@@ -74,20 +74,17 @@ def main() -> int:
     for name, bench_args, kind, medians, results in rows:
         figures = ", ".join(f"{k} {v:g}" for k, v in medians.items())
         lines.append(f"| {name} | `imstack bench {' '.join(bench_args)}` | {figures} |")
-    lines.append("")
-    lines.append("<details><summary>every run (JSON)</summary>\n")
-    for name, _, _, _, results in rows:
-        for r in results:
-            lines.append(f"- {name}: `{json.dumps(r)}`")
-    lines.append("\n</details>")
-    lines.append(END)
-    print(replace_section(DOC, START, END, "\n".join(lines)))
+    print(write_results(DOC, START, END, lines, [(name, results) for name, _, _, _, results in rows]))
     return 0
 
 
-def replace_section(doc: Path, start: str, end: str, block: str) -> str:
-    """Puts block (which begins with start and ends with end) in place of the doc's section
-    between those markers, or at the end of the doc when it has none yet; returns block."""
+def write_results(doc: Path, start: str, end: str, lines: list[str], runs: list[tuple[str, list[dict]]]) -> str:
+    """Puts `lines` (beginning with the start marker) and every run's JSON in place of the
+    doc's section between the markers, or at the end of the doc when it has none; returns it."""
+    lines = [*lines, "", "<details><summary>every run (JSON)</summary>\n"]
+    lines += [f"- {name}: `{json.dumps(r)}`" for name, results in runs for r in results]
+    lines += ["\n</details>", end]
+    block = "\n".join(lines)
     text = doc.read_text() if doc.exists() else ""
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import replace_section  # scripts/benchmarks.py (this script's folder is on sys.path)
+from benchmarks import write_results  # scripts/benchmarks.py (this script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -119,14 +119,7 @@ def main() -> int:
             f"| {name} | {medians['delivered_per_s']:,.0f} | {medians['p50_ms']:g} | {medians['p99_ms']:g} | "
             f"{medians['errors']:g} | {spent}; all {total:,.0f} |"
         )
-    lines.append("")
-    lines.append("<details><summary>every run (JSON)</summary>\n")
-    for name, _, _, _, _, results in rows:
-        for r in results:
-            lines.append(f"- {name}: `{json.dumps(r)}`")
-    lines.append("\n</details>")
-    lines.append(END)
-    print(replace_section(DOC, START, END, "\n".join(lines)))
+    print(write_results(DOC, START, END, lines, [(name, results) for name, _, _, _, _, results in rows]))
     return 0
 
 
