@@ -30,7 +30,13 @@ DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- cluster results: start (scripts/cluster_benchmarks.py) -->", "<!-- cluster results: end -->"
 TICK = os.sysconf("SC_CLK_TCK")
 
-TOPOLOGIES = [("1 access + 1 dispatch", 1, 1), ("2 access + 2 dispatch", 2, 2)]
+# (row name, access nodes, dispatch nodes, extra bench arguments)
+ROWS = [
+    ("1 access + 1 dispatch, closed loop", 1, 1, []),
+    ("2 access + 2 dispatch, closed loop", 2, 2, []),
+    ("1 access + 1 dispatch, 2,000 msg/s offered", 1, 1, ["--rate", "2000"]),
+    ("1 access + 1 dispatch, groups of 10, closed loop", 1, 1, ["--group-size", "10"]),
+]
 
 
 def imstack(*args: str, timeout: float = 300) -> str:
@@ -87,20 +93,25 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=15)
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--only", default=None, help="run only rows whose name contains this")
     args = parser.parse_args()
     bench_args = ["throughput", "--duration", f"{args.duration:g}", "--clients", str(args.clients), "--procs", "1"]
     rows = []
-    for name, access, dispatch in TOPOLOGIES:
+    for name, access, dispatch, extra in ROWS:
+        if args.only and args.only not in name:
+            continue
         results = []
         for i in range(args.runs):
             print(f"[{name}] run {i + 1}/{args.runs}: cluster up --access {access} --dispatch {dispatch}; "
-                  f"imstack bench {' '.join(bench_args)}", file=sys.stderr, flush=True)
-            results.append(one_run(access, dispatch, bench_args))
+                  f"imstack bench {' '.join(bench_args + extra)}", file=sys.stderr, flush=True)
+            results.append(one_run(access, dispatch, bench_args + extra))
             print(f"    {json.dumps(results[-1])}", file=sys.stderr, flush=True)
         medians = {k: statistics.median(r[k] for r in results) for k in ("delivered_per_s", "p50_ms", "p99_ms", "errors")}
         roles = sorted({k for r in results for k in r["cpu_us_per_message"]})
         cpu = {k: statistics.median(r["cpu_us_per_message"].get(k, 0.0) for r in results) for k in roles}
         rows.append((name, access, dispatch, medians, cpu, results))
+    if not rows:
+        raise SystemExit(f"no row matches --only {args.only!r}")
     load = os.getloadavg()
     lines = [
         START,
@@ -109,7 +120,7 @@ def main() -> int:
         f"medians of {args.runs} runs, each on a fresh `imstack cluster up` (empty database); "
         f"generator: `imstack bench {' '.join(bench_args)} --url URL --admin-key KEY` on the same machine.",
         "",
-        "| topology | delivered 1:1 msg/s | p50 ms | p99 ms | errors | CPU us per delivered message, by process (median) |",
+        "| topology and load | delivered msg/s | p50 ms | p99 ms | errors | CPU us per delivered message, by process (median) |",
         "|---|---|---|---|---|---|",
     ]
     for name, _, _, medians, cpu, _ in rows:
