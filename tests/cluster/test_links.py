@@ -78,3 +78,42 @@ async def test_idle_link_is_closed_by_the_dispatch_side():
     await asyncio.wait_for(asyncio.shield(link.closed), 5)  # no heartbeats were sent
     assert "a1" not in server.links
     await server.close()
+
+
+async def test_coalesced_writes_keep_order_survive_close_and_time_out():
+    """Frames written in one loop turn leave in one send(), in order; close() sends what is
+    still queued (a last DELIVER is not lost); abort() drops it; a call with no answer times
+    out (its timer, not asyncio.wait_for) and leaves nothing waiting."""
+    async def never(fwd: pb.Forward):
+        await asyncio.sleep(60)
+
+    server = LinkServer(never)
+    await server.start("127.0.0.1", 0)
+    delivered: list = []
+    link = await _link(server, delivered)
+    try:
+        theirs = server.links["a1"]
+        pushes = [encode_message(RequestType.PUSH, 0, pb.Message(message_id=i, seq=i)) for i in range(1, 201)]
+        for push in pushes:  # one loop turn: queued, not yet sent
+            theirs.write(encode_frame(RequestType.DELIVER, 0, deliver_body([f"u{len(delivered)}"], push)))
+        assert theirs.buffered() > 0
+        theirs.close()  # flushes the queue before closing
+        for _ in range(300):
+            if len(delivered) == len(pushes):
+                break
+            await asyncio.sleep(0.01)
+        assert [frame for _, frame in delivered] == pushes
+        await asyncio.wait_for(link.closed, 5)
+        link = await _link(server, delivered)
+        theirs = server.links["a1"]
+        theirs.write(encode_frame(RequestType.DELIVER, 0, deliver_body(["x"], pushes[0])))
+        theirs.abort()  # drops what is queued
+        await asyncio.wait_for(link.closed, 5)
+        assert len(delivered) == len(pushes)
+        link = await _link(server, delivered)
+        with pytest.raises(asyncio.TimeoutError):
+            await link.forward(pb.Forward(uid="u", body=b"1"), timeout=0.2)
+        assert link.waiting == {}
+    finally:
+        link.close()
+        await server.close()
