@@ -210,7 +210,16 @@ def _spec_schema() -> Schema:
             "route": _obj(
                 {
                     "replicas": _int(2, minimum=1),
-                    "service": _obj({"type": _str("ClusterIP", enum=SERVICE_TYPES), "port": _int(8080, minimum=1, maximum=65535)}, default={}),
+                    "service": _obj(
+                        {
+                            "type": _str("ClusterIP", enum=SERVICE_TYPES),
+                            "port": _int(8080, minimum=1, maximum=65535),
+                            "nodePort": _int(minimum=30000, maximum=32767, desc="Node port of the HTTP API (type NodePort or LoadBalancer)."),
+                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                        },
+                        default={},
+                        desc="The Service of the HTTP API (and of gRPC, which stays in the cluster).",
+                    ),
                     **_placement(),
                 },
                 default={},

@@ -245,6 +245,15 @@ def _service(name: str, namespace: str, owner: dict[str, Any], component: str, p
     }
 
 
+def _client_port(port_name: str, target: int, svc: dict[str, Any]) -> dict[str, Any]:
+    """The Service port clients use, from the spec's service block (its nodePort only where the
+    type opens one)."""
+    sport: dict[str, Any] = {"name": port_name, "port": svc["port"], "targetPort": target, "protocol": "TCP"}
+    if svc.get("nodePort") and svc["type"] != "ClusterIP":
+        sport["nodePort"] = svc["nodePort"]
+    return sport
+
+
 def _headless(name: str, namespace: str, owner: dict[str, Any], component: str, ports: list[tuple[str, int]]) -> Manifest:
     return {
         "apiVersion": "v1",
@@ -303,12 +312,9 @@ def _access(spec: Spec, *, name: str, namespace: str, owner: dict[str, Any], ws:
     c["env"].append({"name": "IMSTACK_DRAIN_RATE", "value": str(a["drainRatePerSecond"])})
     c["env"].append({"name": "IMSTACK_DRAIN_TIMEOUT", "value": str(a["drainTimeoutSeconds"])})
     svc = a["service"]
-    sport: dict[str, Any] = {"name": "client", "port": svc["port"], "targetPort": port, "protocol": "TCP"}
-    if svc.get("nodePort") and svc["type"] != "ClusterIP":
-        sport["nodePort"] = svc["nodePort"]
     return [
         dep,
-        _service(name, namespace, owner, component, [sport], svc_type=svc["type"], annotations=svc.get("annotations")),
+        _service(name, namespace, owner, component, [_client_port("client", port, svc)], svc_type=svc["type"], annotations=svc.get("annotations")),
         _pdb(name, namespace, owner, component),
     ]
 
@@ -451,8 +457,8 @@ def desired_children(spec: Spec, *, name: str, namespace: str, owner: dict[str, 
         ),
         _service(
             name, namespace, owner, "route",
-            [{"name": "http", "port": route["service"]["port"], "targetPort": ROUTE_HTTP}, {"name": "grpc", "port": ROUTE_GRPC, "targetPort": ROUTE_GRPC}],
-            svc_type=route["service"]["type"],
+            [_client_port("http", ROUTE_HTTP, route["service"]), {"name": "grpc", "port": ROUTE_GRPC, "targetPort": ROUTE_GRPC}],
+            svc_type=route["service"]["type"], annotations=route["service"].get("annotations"),
         ),
         _pdb(name, namespace, owner, "route"),
     ]

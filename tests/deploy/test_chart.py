@@ -173,6 +173,8 @@ def test_kind_values_match_kind_config():
               for n in cfg["nodes"] for m in n.get("extraPortMappings", [])}
     assert mapped[imc["spec"]["access"]["service"]["nodePort"]] == 9000
     assert mapped[imc["spec"]["wsAccess"]["service"]["nodePort"]] == 9001
+    assert mapped[imc["spec"]["route"]["service"]["nodePort"]] == 8080
+    assert imc["spec"]["route"]["service"]["type"] == "NodePort"
     roles = [n["role"] for n in cfg["nodes"]]
     assert roles.count("control-plane") == 1 and roles.count("worker") >= 1
     for n in cfg["nodes"]:

@@ -98,6 +98,18 @@ def test_access_deployment_settings():
     assert ws["command"] == ["imstack", "access", "--ws"] and ws["image"] == "reg.example/imstack/access:1.2.3"
 
 
+def test_route_http_api_may_be_a_node_port_and_grpc_stays_in_the_cluster():
+    objs = children({"route": {"service": {"type": "NodePort", "port": 8080, "nodePort": 30080, "annotations": {"a": "b"}}}})
+    svc = objs[("Service", "im-route")]
+    assert svc["spec"]["type"] == "NodePort" and svc["metadata"]["annotations"] == {"a": "b"}
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080},
+        {"name": "grpc", "port": 50051, "targetPort": 50051},
+    ]
+    plain = children({})[("Service", "im-route")]  # the default: ClusterIP, no node port
+    assert plain["spec"]["type"] == "ClusterIP" and "nodePort" not in plain["spec"]["ports"][0]
+
+
 def test_route_gets_keys_from_secret_and_health_on_8080():
     objs = children({"route": {"replicas": 3}})
     dep = objs[("Deployment", "im-route")]
