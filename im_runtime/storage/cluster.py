@@ -23,6 +23,7 @@ from im_runtime.storage.mongo_store import (
     ensure_indexes,
 )
 from im_runtime.storage.pools import AutoPipeline, check_eviction_policy, mongo_client, redis_client
+from im_runtime.storage.redis_cluster import ClusterAutoPipeline, is_cluster
 from im_runtime.storage.redis_store import (
     RedisDedupStore,
     RedisGroupCache,
@@ -79,15 +80,25 @@ async def cluster_stores(
     mongo = mongo_client(mongo_url, max_pool_size=mongo_max_pool_size)
     pools = _Pools(redis, mongo)
     try:
-        await check_eviction_policy(redis)
+        # one pipelined path for every Redis store of this process; a Redis Cluster (found by
+        # asking the URL's node) gets one that sends each key to the master of its slot
+        if await is_cluster(redis):
+            pipe: AutoPipeline = ClusterAutoPipeline(redis, redis_url, reply_timeout_s=redis_reply_timeout_s)
+            pools.pipe = pipe
+            for node in await pipe.node_clients():  # S10: no master may evict
+                try:
+                    await check_eviction_policy(node)
+                finally:
+                    await node.aclose()
+        else:
+            pipe = pools.pipe = AutoPipeline(redis, redis_url, reply_timeout_s=redis_reply_timeout_s)
+            await check_eviction_policy(redis)
         db = mongo[mongo_db]
         await ensure_indexes(db)
     except BaseException:
         await pools.close()
         raise
     messages = MongoMessageStore(db)
-    pipe = AutoPipeline(redis, redis_url, reply_timeout_s=redis_reply_timeout_s)  # one pipelined path for every Redis store of this process
-    pools.pipe = pipe
     offline = RedisOfflineStore(pipe)
     sequences = RedisSequenceStore(pipe, MongoSeqFloor(db, messages), block=seq_block)
     dedup = RedisDedupStore(pipe, ttl_s=dedup_ttl_s, pending_ttl_s=dedup_pending_ttl_s)

@@ -243,25 +243,28 @@ class AutoPipeline:
             conn = self._conns[slot]
             if conn is not None and not conn.lost:
                 return conn
-            loop = asyncio.get_running_loop()
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _RespProtocol(self._reply_timeout), self._host, self._port, ssl=self._ssl
-                ),
-                timeout=10,
-            )
-            REDIS_CONNECTS.inc()
-            hello = []
-            if self._password is not None:
-                hello.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
-            if self._db:
-                hello.append(("SELECT", self._db))
-            for args in hello:
-                future = loop.create_future()
-                conn.send(args, future)
-                await asyncio.wait_for(future, timeout=10)
+            conn = await self._open(self._host, self._port)
             self._conns[slot] = conn
             return conn
+
+    async def _open(self, host: str, port: int) -> _RespProtocol:
+        """A new pipelined connection, authenticated and on the URL's database."""
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: _RespProtocol(self._reply_timeout), host, port, ssl=self._ssl),
+            timeout=10,
+        )
+        REDIS_CONNECTS.inc()
+        hello = []
+        if self._password is not None:
+            hello.append(("AUTH", self._username, self._password) if self._username else ("AUTH", self._password))
+        if self._db:
+            hello.append(("SELECT", self._db))
+        for args in hello:
+            future = loop.create_future()
+            conn.send(args, future)
+            await asyncio.wait_for(future, timeout=10)
+        return conn
 
     def call(self, *args) -> asyncio.Future:
         """Sends one command; the returned future holds its raw reply (bytes, int, list, None).
@@ -308,9 +311,12 @@ class AutoPipeline:
         first.add_done_callback(settle)
         return result
 
+    async def _load_script(self, script, keys: list) -> None:
+        await self.client.script_load(script.script)
+
     async def _load_and_retry(self, script, keys: list, args: list, result: asyncio.Future) -> None:
         try:
-            await self.client.script_load(script.script)
+            await self._load_script(script, keys)
             value = await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             if not result.done():

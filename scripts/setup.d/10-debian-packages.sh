@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need. apt-get update runs once per day at most.
 set -euo pipefail
-want=(zookeeper redis-server)
+want=(zookeeper redis-server redis-tools)  # redis-tools: redis-cli, which builds the test Redis Cluster
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -81,3 +81,55 @@ def start_redis(
         log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
         last_error = f"exit={process.returncode} stderr={stderr.strip()} log={log.strip()}"
     raise RuntimeError(f"redis-server did not start on 127.0.0.1: {last_error}")
+
+
+@dataclass
+class RedisCluster:
+    """A real Redis Cluster: `masters` redis-servers in cluster mode, slots split by
+    `redis-cli --cluster create` (no replicas)."""
+
+    nodes: list[RedisServer]
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_redis_cluster(tmp_dir: str | Path, *, masters: int = 3) -> RedisCluster:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise RuntimeError(f"redis-cli is not installed (Debian redis-tools): {_SETUP_HINT}")
+    tmp = Path(tmp_dir)
+    nodes: list[RedisServer] = []
+    try:
+        for i in range(masters):
+            node_dir = tmp / f"node{i}"
+            nodes.append(start_redis(node_dir, extra_args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout", "5000",
+            ]))
+        out = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
+        deadline = time.monotonic() + 30
+        while True:  # every node must agree the cluster is up before a test uses it
+            states = [
+                subprocess.run([cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True, timeout=10).stdout
+                for n in nodes
+            ]
+            if all("cluster_state:ok" in s for s in states):
+                return RedisCluster(nodes)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Redis Cluster not ok after 30 s: {states}")
+            time.sleep(0.2)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise

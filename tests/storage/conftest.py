@@ -14,7 +14,7 @@ from im_runtime.storage.cluster import cluster_stores
 from im_runtime.storage.interfaces import Stores
 from im_runtime.storage.memory import MemoryDedupStore, memory_stores
 from tests.servers.ferretdb import FerretDB, start_ferretdb
-from tests.servers.redis import RedisServer, start_redis
+from tests.servers.redis import RedisCluster, RedisServer, start_redis, start_redis_cluster
 
 MONGO_DB = "imstack_contract"
 
@@ -55,7 +55,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["memory", "cluster"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> RedisCluster:
+    """A real three-master Redis Cluster (the contract runs on it too: S10 spreads keys over one)."""
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["memory", "cluster", "redis-cluster"])
 async def engine(request) -> Engine:
     if request.param == "memory":
         stores = memory_stores()
@@ -72,11 +80,15 @@ async def engine(request) -> Engine:
         return
 
     servers: ClusterServers = request.getfixturevalue("cluster_servers")
+    if request.param == "redis-cluster":
+        redis_urls = [n.url for n in request.getfixturevalue("redis_cluster").nodes]
+    else:
+        redis_urls = [servers.redis.url]
     opened: list[Stores] = []
 
     async def another(*, dedup_ttl_s: float | None = None) -> Stores:
         kwargs = {} if dedup_ttl_s is None else {"dedup_ttl_s": dedup_ttl_s}
-        s = await cluster_stores(servers.redis.url, servers.mongo.url, MONGO_DB, **kwargs)
+        s = await cluster_stores(redis_urls[0], servers.mongo.url, MONGO_DB, **kwargs)
         opened.append(s)
         return s
 
@@ -85,12 +97,13 @@ async def engine(request) -> Engine:
     async def lose_fast_state() -> None:
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis.from_url(servers.redis.url)
-        try:
-            await client.flushall()
-        finally:
-            await client.aclose()
+        for url in redis_urls:  # every master of a Redis Cluster
+            client = aioredis.Redis.from_url(url)
+            try:
+                await client.flushall()
+            finally:
+                await client.aclose()
 
-    yield Engine("cluster", stores, another, lose_fast_state, opened)
+    yield Engine(request.param, stores, another, lose_fast_state, opened)
     for s in opened:
         await s.close()
