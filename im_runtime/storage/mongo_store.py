@@ -18,10 +18,11 @@ Uses pymongo's own asyncio client (`AsyncMongoClient`), which FerretDB accepts.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Iterable
 
 from bson import Binary
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.asynchronous.collection import AsyncCollection
@@ -36,6 +37,10 @@ _MAX_SEQ = 2**63 - 1
 MESSAGES_SAVED = Counter("imstack_mongo_messages_saved_total", "Message saves that completed (duplicates included)", registry=REGISTRY)
 INSERT_BATCHES = Counter("imstack_mongo_insert_batches_total", "insert_many batches written by InsertBatcher", registry=REGISTRY)
 INSERT_DOCS = Counter("imstack_mongo_insert_documents_total", "Documents in those batches", registry=REGISTRY)
+INSERT_SECONDS = Histogram(
+    "imstack_mongo_insert_seconds", "Time of one insert_many batch (every send in it waits for it)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=REGISTRY,
+)
 MESSAGE_SAVE_ERRORS = Counter("imstack_mongo_message_save_errors_total", "Message saves that failed (not duplicates)", registry=REGISTRY)
 
 
@@ -92,6 +97,7 @@ class InsertBatcher:
                 failed: dict[int, Exception] = {}
                 INSERT_BATCHES.inc()
                 INSERT_DOCS.inc(len(batch))
+                started = time.perf_counter()
                 try:
                     await self._c.insert_many([doc for doc, _ in batch], ordered=False)
                 except BulkWriteError as exc:
@@ -100,6 +106,7 @@ class InsertBatcher:
                         failed[error["index"]] = (DuplicateKeyError if code == 11000 else OperationFailure)(message, code)
                 except Exception as exc:  # the whole batch failed (connection, timeout)
                     failed = dict.fromkeys(range(len(batch)), exc)
+                INSERT_SECONDS.observe(time.perf_counter() - started)
                 for i, (_, future) in enumerate(batch):
                     if future.done():
                         continue
