@@ -99,21 +99,23 @@ class RedisCluster:
             node.stop()
 
 
-def start_redis_cluster(tmp_dir: str | Path, *, masters: int = 3) -> RedisCluster:
+def start_redis_cluster(tmp_dir: str | Path, *, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000) -> RedisCluster:
+    """`masters` masters with `replicas` replicas each; a replica takes over a master that
+    stays unreachable for node_timeout_ms."""
     cli = shutil.which("redis-cli")
     if cli is None:
         raise RuntimeError(f"redis-cli is not installed (Debian redis-tools): {_SETUP_HINT}")
     tmp = Path(tmp_dir)
     nodes: list[RedisServer] = []
     try:
-        for i in range(masters):
+        for i in range(masters * (1 + replicas)):
             node_dir = tmp / f"node{i}"
             nodes.append(start_redis(node_dir, extra_args=[
                 "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
-                "--cluster-node-timeout", "5000",
+                "--cluster-node-timeout", str(node_timeout_ms),
             ]))
         out = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas", str(replicas), "--cluster-yes"],
             capture_output=True, text=True, timeout=60,
         )
         if out.returncode != 0:

@@ -87,3 +87,45 @@ async def test_a_slot_in_migration_is_followed_with_asking(redis_cluster, cluste
         for node in (source, target):
             await pipe.on_node(node, "CLUSTER", "SETSLOT", slot, "STABLE")
         await stores.close()
+
+
+async def test_a_failed_master_is_replaced_by_its_replica(tmp_path, cluster_servers) -> None:
+    """kill -9 of a master: calls on its slots fail until its replica takes over (cluster
+    node timeout), then land on the new master, found by reloading the slot map."""
+    import asyncio
+    import signal
+    import time
+
+    from tests.servers.redis import start_redis_cluster
+
+    cluster = start_redis_cluster(tmp_path / "rc", masters=3, replicas=1, node_timeout_ms=1500)
+    stores = await cluster_stores(cluster.url, cluster_servers.mongo.url, "imstack_contract")
+    try:
+        pipe = stores.offline._p
+        conv = new_id("c")
+        users = [new_id("u") for _ in range(30)]
+        for uid in users:
+            assert await stores.offline.add(uid, _msg(conv, 1)) == 1
+        for node in pipe.masters():  # the replicas have every write before the kill
+            assert await pipe.on_node(node, "WAIT", 1, 5000) == 1
+        victim = pipe._slots[key_slot(RedisOfflineStore._keys(users[0])[0].encode())]
+        on_victim = [u for u in users if pipe._slots[key_slot(RedisOfflineStore._keys(u)[0].encode())] == victim]
+        next(n for n in cluster.nodes if n.port == victim[1]).process.send_signal(signal.SIGKILL)
+        failures = 0
+        deadline = time.monotonic() + 60
+        while True:  # bounded: the replica must take over within the deadline
+            try:
+                assert await asyncio.wait_for(stores.offline.backlog(on_victim[0]), 5) == 1
+                break
+            except (ConnectionError, OSError, asyncio.TimeoutError, ResponseError):
+                failures += 1
+                assert time.monotonic() < deadline, "no replica took over the killed master's slots"
+                await asyncio.sleep(0.2)
+        assert failures > 0  # the kill was seen
+        assert pipe._slots[key_slot(RedisOfflineStore._keys(on_victim[0])[0].encode())] != victim
+        for uid in users:  # nothing lost, every slot served again
+            assert await stores.offline.backlog(uid) == 1
+            assert await stores.offline.add(uid, _msg(conv, 2)) == 2
+    finally:
+        await stores.close()
+        cluster.stop()
