@@ -7,13 +7,17 @@ keys of the arcs that node gains or loses: when a dispatch node leaves, only its
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from typing import Iterable
 
 VNODES = 160
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _hash(text: str) -> int:
+    """Cached: an access node hashes the routing key of every request it forwards, and keys
+    (conversations, groups, users) repeat."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
