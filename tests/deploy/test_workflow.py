@@ -30,7 +30,14 @@ def test_kind_workflow_builds_loads_installs_waits_and_chats():
     # The names the workflow uses are the ones the chart and the operator produce.
     (imc,) = by_kind(render(REPO / "charts/im-stack/ci/kind-values.yaml"), "ImCluster")
     name = imc["metadata"]["name"]
-    assert f"imcluster/{name}" in text and f"service/{name}-route" in text and f"secret {name}-keys" in text
+    assert f"imcluster/{name}" in text and f"secret {name}-keys" in text
+    # The chat check reaches route and access through the NodePorts kind-config.yaml maps.
+    cfg = yaml.safe_load((REPO / "kind-config.yaml").read_text())
+    host_port = {m["containerPort"]: m["hostPort"] for n in cfg["nodes"] for m in n.get("extraPortMappings", [])}
+    route_port = host_port[imc["spec"]["route"]["service"]["nodePort"]]
+    access_port = host_port[imc["spec"]["access"]["service"]["nodePort"]]
+    assert f"--route-url http://127.0.0.1:{route_port}" in text and f"--access 127.0.0.1:{access_port}" in text
+    assert "port-forward" not in text
     for image in ("access", "dispatch", "route", "operator"):
         assert (REPO / "images" / image / "Dockerfile").is_file()
     assert "for name in access dispatch route operator" in text
