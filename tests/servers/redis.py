@@ -11,7 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tests.servers.process import stop_process
 
@@ -48,8 +48,25 @@ def _ping(port: int) -> bool:
         return False
 
 
+def cluster_node_port() -> int:
+    """A free port whose cluster bus port (port + 10000, Redis's rule) is free and valid too:
+    free_port() alone hands out ports up to 60999, whose bus port a node cannot open."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a Redis Cluster node")
+
+
 def start_redis(
-    tmp_dir: str | Path, *, maxmemory_policy: str = "noeviction", appendonly: bool = False, extra_args: Sequence[str] = ()
+    tmp_dir: str | Path, *, maxmemory_policy: str = "noeviction", appendonly: bool = False, extra_args: Sequence[str] = (),
+    pick_port: Callable[[], int] = free_port,
 ) -> RedisServer:
     """extra_args: more `--directive value` pairs (e.g. rename-command to emulate managed Redis)."""
     binary = shutil.which("redis-server")
@@ -59,7 +76,7 @@ def start_redis(
     tmp.mkdir(parents=True, exist_ok=True)
     last_error = ""
     for _attempt in range(3):  # a free port can be taken between probe and bind: retry
-        port = free_port()
+        port = pick_port()
         log_path = tmp / f"redis-{port}.log"
         args = [
             binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no",
@@ -110,7 +127,7 @@ def start_redis_cluster(tmp_dir: str | Path, *, masters: int = 3, replicas: int 
     try:
         for i in range(masters * (1 + replicas)):
             node_dir = tmp / f"node{i}"
-            nodes.append(start_redis(node_dir, extra_args=[
+            nodes.append(start_redis(node_dir, pick_port=cluster_node_port, extra_args=[
                 "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
                 "--cluster-node-timeout", str(node_timeout_ms),
             ]))
