@@ -13,6 +13,7 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from typing import Callable
 from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
@@ -185,6 +186,21 @@ class _RespProtocol(asyncio.Protocol):
             self.transport.write(data)
 
 
+def relay(reply: asyncio.Future, result: asyncio.Future, handle: Callable[[BaseException], bool]) -> None:
+    """Passes a finished reply's outcome on to result, unless handle(error) takes the error
+    over (returns True and settles result itself later: a retry, a redirect)."""
+    if result.done():
+        return
+    if reply.cancelled():
+        result.cancel()
+        return
+    exc = reply.exception()
+    if exc is None:
+        result.set_result(reply.result())
+    elif not handle(exc):
+        result.set_exception(exc)
+
+
 async def await_all(*futures: asyncio.Future) -> list:
     """Results of futures that are already running, in order; every one is awaited even when
     an earlier one failed (no "exception never retrieved"), then the first error is raised.
@@ -294,21 +310,13 @@ class AutoPipeline:
         first = self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         result = self._loop.create_future()
 
-        def settle(f: asyncio.Future) -> None:
-            if result.done():
-                return
-            if f.cancelled():
-                result.cancel()
-                return
-            exc = f.exception()
-            if isinstance(exc, NoScriptError):
-                self._loop.create_task(self._load_and_retry(script, keys, args, result))
-            elif exc is not None:
-                result.set_exception(exc)
-            else:
-                result.set_result(f.result())
+        def load_and_retry(exc: BaseException) -> bool:
+            if not isinstance(exc, NoScriptError):
+                return False
+            self._loop.create_task(self._load_and_retry(script, keys, args, result))
+            return True
 
-        first.add_done_callback(settle)
+        first.add_done_callback(lambda f: relay(f, result, load_and_retry))
         return result
 
     async def _load_script(self, script, keys: list) -> None:

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from im_runtime.storage.pools import AutoPipeline, _RespProtocol
+from im_runtime.storage.pools import AutoPipeline, _RespProtocol, relay
 
 log = logging.getLogger(__name__)
 
@@ -160,15 +160,10 @@ class ClusterAutoPipeline(AutoPipeline):
         self._send(args, result, slot, budget, ask)
 
     def _settle(self, reply: asyncio.Future, args: tuple, result: asyncio.Future, slot: int, budget: int) -> None:
-        if result.done():
-            return
-        if reply.cancelled():
-            result.cancel()
-            return
-        exc = reply.exception()
-        if exc is None:
-            result.set_result(reply.result())
-            return
+        relay(reply, result, lambda exc: self._redirect(exc, args, result, slot, budget))
+
+    def _redirect(self, exc: BaseException, args: tuple, result: asyncio.Future, slot: int, budget: int) -> bool:
+        """Sends the call on where the cluster says (True), or lets its error stand (False)."""
         text = str(exc) if isinstance(exc, ResponseError) else ""
         if budget > 0 and text.startswith("MOVED "):
             self._slots[slot] = _node_of(text)
@@ -181,7 +176,8 @@ class ClusterAutoPipeline(AutoPipeline):
         else:
             if isinstance(exc, ConnectionError):
                 self._refresh_soon()  # a failed master: the next call goes to its replacement
-            result.set_exception(exc)
+            return False
+        return True
 
     async def _load_script(self, script, keys: list) -> None:
         node = self._slots[key_slot(_key_of(("EVALSHA", "", len(keys), *keys)))]
