@@ -143,10 +143,16 @@ def start_redis_cluster(tmp_dir: str | Path, *, masters: int = 3, replicas: int 
                 subprocess.run([cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True, timeout=10).stdout
                 for n in nodes
             ]
-            if all("cluster_state:ok" in s for s in states):
+            replication = [
+                subprocess.run([cli, "-p", str(n.port), "info", "replication"], capture_output=True, text=True, timeout=10).stdout
+                for n in nodes
+            ] if replicas else []
+            # ...and every replica must have finished its first sync (`cluster_state:ok` comes sooner)
+            synced = sum("master_link_status:up" in r for r in replication) == masters * replicas
+            if all("cluster_state:ok" in s for s in states) and synced:
                 return RedisCluster(nodes)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Redis Cluster not ok after 30 s: {states}")
+                raise RuntimeError(f"Redis Cluster not ok after 30 s: {states} {replication}")
             time.sleep(0.2)
     except BaseException:
         for node in nodes:

@@ -98,7 +98,7 @@ async def test_a_failed_master_is_replaced_by_its_replica(tmp_path, cluster_serv
 
     from tests.servers.redis import start_redis_cluster
 
-    cluster = start_redis_cluster(tmp_path / "rc", masters=3, replicas=1, node_timeout_ms=1500)
+    cluster = start_redis_cluster(tmp_path / "rc", masters=3, replicas=1, node_timeout_ms=3000)
     stores = await cluster_stores(cluster.url, cluster_servers.mongo.url, "imstack_contract")
     try:
         pipe = stores.offline._p
