@@ -13,14 +13,14 @@ import ssl
 from im_runtime.access.gateway import Gateway
 from im_runtime.access.node import AccessNode
 from im_runtime.access.session import GatewayConnection
+from im_runtime.coalesced_writes import CoalescedWrites
 from im_runtime.protocol.types import DEFAULT_MAX_BODY
 
 log = logging.getLogger(__name__)
 
 
-class TcpConnection(GatewayConnection, asyncio.Protocol):
-    """Frames written during one loop iteration leave in one write (one syscall): a fan-out
-    or a pipelined burst costs one send() per connection, not one per frame."""
+class TcpConnection(CoalescedWrites, GatewayConnection, asyncio.Protocol):
+    """A client connection over TCP (or TLS); its frames leave coalesced per loop turn."""
 
     kind = "tcp"
     __slots__ = ("transport", "_out", "_out_bytes")
@@ -45,22 +45,11 @@ class TcpConnection(GatewayConnection, asyncio.Protocol):
 
     # GatewayConnection hooks
     def _write(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        if self._out is None:
-            self._out = [data]
-            self._loop().call_soon(self._flush)
-        else:
-            self._out.append(data)
-        self._out_bytes += len(data)
-
-    def _flush(self) -> None:
-        out, self._out, self._out_bytes = self._out, None, 0
-        if out and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.transport is not None:
+            self._queue_write(data, self._loop())
 
     def _write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() + self._out_bytes if self.transport is not None else 0
+        return self._pending_bytes()
 
     def _close_transport(self) -> None:
         if self.transport is not None:

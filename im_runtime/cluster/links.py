@@ -21,6 +21,7 @@ from typing import Callable
 
 from google.protobuf.message import DecodeError
 
+from im_runtime.coalesced_writes import CoalescedWrites
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import Frame, FrameDecoder, FrameError, decode_body, encode_frame, encode_message
 from im_runtime.protocol.types import HEAD_LENGTH, RequestType
@@ -37,12 +38,9 @@ class LinkClosed(Exception):
     pass
 
 
-class _LinkProtocol(asyncio.Protocol):
-    """Framing, liveness and writes shared by both ends.
-
-    Writes are coalesced per event-loop turn (as the client gateway does): a busy link carries
-    hundreds of frames per turn, and one send() for all of them instead of one each is most of
-    what a link costs in CPU on both ends."""
+class _LinkProtocol(CoalescedWrites, asyncio.Protocol):
+    """Framing, liveness and writes (coalesced per loop turn, as the client gateway's) shared
+    by both ends."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -84,21 +82,11 @@ class _LinkProtocol(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise LinkClosed("link closed")
-        if self._out is None:
-            self._out = [data]
-            self.loop.call_soon(self._flush)
-        else:
-            self._out.append(data)
-        self._out_bytes += len(data)
-
-    def _flush(self) -> None:
-        out, self._out, self._out_bytes = self._out, None, 0
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._queue_write(data, self.loop)
 
     def buffered(self) -> int:
         """Bytes written but not yet taken by the peer."""
-        return self.transport.get_write_buffer_size() + self._out_bytes if self.transport is not None else 0
+        return self._pending_bytes()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -106,7 +94,7 @@ class _LinkProtocol(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        self._out, self._out_bytes = None, 0
+        self._drop_queued()
         if self.transport is not None:
             self.transport.abort()
 
