@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message as ProtoMessage
 
-from im_runtime.access.node import AccessNode, Response
+from im_runtime.access.node import AccessNode, Response, RouteSessions
 from im_runtime.access.tcp import TcpGateway, server_ssl_context
 from im_runtime.config import Settings
 from im_runtime.dispatch.service import DispatchService
 from im_runtime.idgen.segment import SegmentGenerator
 from im_runtime.idgen.snowflake import SnowflakeGenerator
-from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.route.http import HttpApi, serve
 from im_runtime.route.iplist import LocalIpList
 from im_runtime.route.service import RouteService
@@ -27,24 +26,17 @@ from im_runtime.storage.memory import memory_stores
 log = logging.getLogger(__name__)
 
 
-class LocalUpstream:
+class LocalUpstream(RouteSessions):
     """Route and dispatch as local objects: the all-in-one upstream of the access node."""
 
     def __init__(self, route: RouteService, dispatch: DispatchService, node_id: str) -> None:
-        self.route = route
+        super().__init__(route, node_id)
         self.dispatch = dispatch
-        self.node_id = node_id
-
-    async def authenticate(self, req: pb.AuthRequest, *, conn_id: int) -> pb.AuthResponse:
-        return await self.route.authenticate(req, node=self.node_id, conn_id=conn_id)
 
     async def request(
         self, uid: str, device_id: str, conn_id: int, request_type: int, message: ProtoMessage | None, body: bytes
     ) -> Response | None:
         return await self.dispatch.handle(uid, request_type, message)
-
-    async def disconnected(self, uid: str, conn_id: int) -> None:
-        await self.route.unbind(uid, node=self.node_id, conn_id=conn_id)
 
 
 def make_ids(settings: Settings, stores: Stores):  # type: ignore[no-untyped-def]

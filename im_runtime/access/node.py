@@ -36,6 +36,21 @@ class Upstream(Protocol):
     async def disconnected(self, uid: str, conn_id: int) -> None: ...
 
 
+class RouteSessions:
+    """The route half of an Upstream, the same for a local RouteService and a gRPC RouteClient:
+    authenticating binds the user's session to this node (S5), a disconnect unbinds it."""
+
+    def __init__(self, route, node_id: str) -> None:  # RouteService or RouteClient
+        self.route = route
+        self.node_id = node_id
+
+    async def authenticate(self, req: pb.AuthRequest, *, conn_id: int) -> pb.AuthResponse:
+        return await self.route.authenticate(req, node=self.node_id, conn_id=conn_id)
+
+    async def disconnected(self, uid: str, conn_id: int) -> None:
+        await self.route.unbind(uid, node=self.node_id, conn_id=conn_id)
+
+
 class AccessNode:
     def __init__(
         self,

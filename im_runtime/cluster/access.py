@@ -21,7 +21,7 @@ from google.protobuf.message import Message as ProtoMessage
 from prometheus_client import Gauge
 
 from im_runtime import metrics
-from im_runtime.access.node import AccessNode, Response
+from im_runtime.access.node import AccessNode, Response, RouteSessions
 from im_runtime.cluster.links import HEARTBEAT_S, IDLE_S, ClientLink, LinkClosed
 from im_runtime.cluster.probes import serve_probes
 from im_runtime.cluster.ring import HashRing
@@ -152,14 +152,10 @@ class DispatchLinks:
             self._drop(nid)
 
 
-class RemoteUpstream:
+class RemoteUpstream(RouteSessions):
     def __init__(self, route: RouteClient, links: DispatchLinks, node_id: str) -> None:
-        self.route = route
+        super().__init__(route, node_id)
         self.links = links
-        self.node_id = node_id
-
-    async def authenticate(self, req: pb.AuthRequest, *, conn_id: int) -> pb.AuthResponse:
-        return await self.route.authenticate(req, node=self.node_id, conn_id=conn_id)
 
     async def request(
         self, uid: str, device_id: str, conn_id: int, request_type: int, message: ProtoMessage | None, body: bytes
@@ -181,9 +177,6 @@ class RemoteUpstream:
         if resp.request_type == 0:
             return None
         return resp.request_type, resp.body  # already serialized: session.py sends it as is
-
-    async def disconnected(self, uid: str, conn_id: int) -> None:
-        await self.route.unbind(uid, node=self.node_id, conn_id=conn_id)
 
 
 class AccessRole:
