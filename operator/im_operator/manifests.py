@@ -393,8 +393,11 @@ def _redis(spec: Spec, *, name: str, namespace: str, owner: dict[str, Any]) -> l
     m = spec["redis"]["managed"]
     primary = _sts_hosts(name, namespace, "redis", 1, 6379)[0].rsplit(":", 1)[0]
     # Persistence on (AOF + snapshots) and never evict: offline queues and sessions are data.
+    # Protected mode off explicitly: started without a config file, a stock redis-server only
+    # answers loopback (the official image patches that default; Debian's and others do not),
+    # and the pods reach Redis over the pod network. Access is the Service's and NetworkPolicy's.
     script = (
-        "args='--appendonly yes --save 900 1 --maxmemory-policy noeviction --dir /data';"
+        "args='--appendonly yes --save 900 1 --maxmemory-policy noeviction --protected-mode no --dir /data';"
         f' case "$HOSTNAME" in *-0) ;; *) args="$args --replicaof {primary} 6379";; esac;'
         " exec redis-server $args"
     )

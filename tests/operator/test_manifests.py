@@ -142,6 +142,7 @@ def test_managed_backends_config_and_statefulsets():
     assert "ZOO_MY_ID=$(( ${HOSTNAME##*-} + 1 ))" in zc["command"][2]
     redis = objs[("StatefulSet", "im-redis")]["spec"]["template"]["spec"]["containers"][0]["command"][2]
     assert "--maxmemory-policy noeviction" in redis and "--appendonly yes" in redis
+    assert "--protected-mode no" in redis  # pods reach it over the pod network
     mongo = objs[("StatefulSet", "im-mongodb")]["spec"]["template"]["spec"]
     assert "--replSet" in mongo["containers"][0]["command"]
     assert "rs.initiate" in mongo["containers"][1]["command"][2] and "im-mongodb-2." in mongo["containers"][1]["command"][2]
