@@ -56,10 +56,13 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _make_pki(d: Path) -> None:
+def _make_pki(d: Path, *, ips: tuple[str, ...] = ("127.0.0.1",)) -> None:
+    """CA, serving certificate for `ips` (and the kubernetes Service names), SA signing keys."""
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=imstack-test-ca",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
+    names = ",".join([*(f"IP:{ip}" for ip in ips), "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+                      "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"])
+    (d / "san.ext").write_text(f"subjectAltName={names}\n"
                                "extendedKeyUsage=serverAuth\n")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver", "-keyout", "server.key", "-out", "server.csr", cwd=d)
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
