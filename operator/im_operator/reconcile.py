@@ -247,6 +247,7 @@ class Reconciler:
         out["conditions"] = statusmod.conditions(
             previous=old_status.get("conditions"), now=_now_iso(), generation=generation, problems=[], errors=errors,
             components=components, autoscaling_ok=auto_ok, autoscaling_reason=auto_reason, autoscaling_message=auto_msg or last_reason,
+            previous_components=old_status.get("components"),
         )
         return out
 

@@ -17,6 +17,7 @@ class ComponentStatus:
     ready: int
     updated: int | None = None  # pods at the current template (rollouts); None if unknown
     observed_current: bool = True  # workload status observedGeneration == its generation
+    rolling: bool = False  # a rollout to a new template is under way
 
 
 def workload_status(obj: dict[str, Any] | None) -> ComponentStatus:
@@ -26,11 +27,19 @@ def workload_status(obj: dict[str, Any] | None) -> ComponentStatus:
     desired = int(spec.get("replicas", 1))
     gen = obj.get("metadata", {}).get("generation")
     observed = st.get("observedGeneration")
+    updated = st.get("updatedReplicas")
+    if obj.get("kind") == "StatefulSet":
+        # A StatefulSet counts only existing pods as updated: a deleted pod lowers the count
+        # without any rollout, so the revisions tell instead.
+        rolling = bool(st.get("updateRevision")) and st.get("currentRevision") != st.get("updateRevision")
+    else:
+        rolling = updated is not None and int(updated) < desired
     return ComponentStatus(
         desired=desired,
         ready=int(st.get("readyReplicas", 0) or 0),
-        updated=st.get("updatedReplicas"),
+        updated=updated,
         observed_current=observed is not None and gen is not None and observed >= gen,
+        rolling=rolling,
     )
 
 
@@ -44,6 +53,24 @@ def _cond(type_: str, ok: bool, reason: str, message: str, *, prev: dict[str, di
     return c
 
 
+def lost_pods(components: dict[str, ComponentStatus], previous_components: dict[str, dict[str, int]] | None,
+              previous: dict[str, dict]) -> list[str]:
+    """Components running below their desired count with no change asked for: they were fully
+    ready at this desired count before (or already reported so) and no rollout is under way.
+    A pod that died, was evicted or deleted makes its component degraded until it is back;
+    new pods of a fresh, scaled or rolling component only make it progress."""
+    was_degraded = (previous.get("Degraded") or {}).get("reason") == "PodsUnavailable"
+    out = []
+    for name, c in components.items():
+        if c.ready >= c.desired or not c.observed_current or c.rolling:
+            continue
+        before = (previous_components or {}).get(name) or {}
+        was_ready = before.get("desiredReplicas") == c.desired and before.get("readyReplicas", 0) >= c.desired
+        if was_ready or (was_degraded and f"{name} " in (previous.get("Degraded") or {}).get("message", "")):
+            out.append(f"{name} {c.ready}/{c.desired}")
+    return out
+
+
 def conditions(
     *,
     previous: Iterable[dict] | None,
@@ -55,8 +82,10 @@ def conditions(
     autoscaling_ok: bool,
     autoscaling_reason: str,
     autoscaling_message: str,
+    previous_components: dict[str, dict[str, int]] | None = None,
 ) -> list[dict]:
     prev = {c.get("type"): c for c in (previous or [])}
+    lost = lost_pods(components, previous_components, prev)
     not_ready = [
         f"{name} {c.ready}/{c.desired}" for name, c in components.items() if c.ready < c.desired or not c.observed_current
     ]
@@ -65,6 +94,8 @@ def conditions(
         degraded = _cond("Degraded", True, "InvalidSpec", "; ".join(problems), **kw)
     elif errors:
         degraded = _cond("Degraded", True, "ReconcileFailed", "; ".join(errors)[:1000], **kw)
+    elif lost:
+        degraded = _cond("Degraded", True, "PodsUnavailable", "running below the desired count: " + ", ".join(lost), **kw)
     else:
         degraded = _cond("Degraded", False, "AsExpected", "", **kw)
     if problems:
