@@ -48,3 +48,13 @@ cluster-down: venv
 # Variables: BASE_IMAGE (default python:3.11-slim), IMAGE_REPO, IMAGE_TAG, IMAGES.
 images:
 	bash scripts/tools/build-images.sh
+
+# A real one-node Kubernetes cluster on this machine (tests/servers/node.py): containerd,
+# kubelet, kube-proxy and CoreDNS in a network namespace of their own, the control plane beside
+# them, every image the node tests run built and imported. Root only. Prints the kubeconfig.
+.PHONY: node-up node-down
+node-up: venv setup-test-deps
+	$(PY) -m tests.servers.node up --dir .node
+
+node-down: venv
+	$(PY) -m tests.servers.node down --dir .node

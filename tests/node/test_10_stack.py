@@ -91,6 +91,17 @@ async def test_one_to_one_and_group_chat_through_the_services(stack) -> None:
     assert result["single_seq"][1] > result["single_seq"][0] and result["group_seq"][1] > result["group_seq"][0]
 
 
+async def test_chat_through_the_access_service_cluster_ip(stack) -> None:
+    """The access Service itself (kube-proxy's rules on the node), as an in-cluster client or a
+    LoadBalancer in front of it would reach the pods."""
+    status, svc = stack.node.api("GET", f"/api/v1/namespaces/{stack.namespace}/services/{stack.name}-access")
+    assert status == 200, svc
+    cluster_ip = svc["spec"]["clusterIP"]
+    assert cluster_ip.startswith("10.97."), cluster_ip
+    result = await chat_check.run(route_url=stack.route_url, access=f"{cluster_ip}:9000", admin_key=stack.admin_key)
+    assert result["group_seq"][1] > result["group_seq"][0]
+
+
 async def test_offline_messages_arrive_after_reconnect(stack) -> None:
     tag = secrets.token_hex(3)
     alice, bob, carol = f"alice-{tag}", f"bob-{tag}", f"carol-{tag}"

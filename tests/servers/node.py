@@ -32,6 +32,7 @@ node for people, its state in `.node/`.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -344,6 +345,7 @@ class KubeNode:
     ca_file: str = ""
     containerd_socket: Path = Path()
     procs: list[_Proc] = field(default_factory=list)
+    lock_fd: int | None = None
 
     @property
     def control_plane(self) -> ControlPlane:
@@ -472,6 +474,9 @@ class KubeNode:
         self.procs.clear()
         _kill_leftovers(self.containerd_socket, self.base)
         delete_network(self.net)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 def _decoded(raw: bytes) -> Any:
@@ -564,6 +569,7 @@ def start_node(base_dir: Path | str, *, net: NodeNetwork = NodeNetwork(), timeou
     base.mkdir(parents=True, exist_ok=True)
     run_dir = Path("/run/imstack-node")  # sockets: their paths must stay short
     node = KubeNode(base=base, net=net, containerd_socket=run_dir / "containerd.sock")
+    node.lock_fd = _take_node_lock(run_dir, deadline=time.monotonic() + float(os.environ.get("IMSTACK_NODE_LOCK_WAIT", "1800")))
     spawn = _detached_spawn if detach else _spawn
     deadline = time.monotonic() + timeout
     try:
@@ -688,6 +694,29 @@ def start_node(base_dir: Path | str, *, net: NodeNetwork = NodeNetwork(), timeou
             node.stop()
         raise
     return node
+
+
+def _take_node_lock(run_dir: Path, *, deadline: float) -> int:
+    """One node per machine (its addresses and names are fixed): a second test run waits for
+    the first to stop, bounded; a node left running by `make node-up` is never torn down."""
+    fd = os.open("/run/imstack-node.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            sock = run_dir / "containerd.sock"
+            if sock.exists() and subprocess.run(["ctr", "--address", str(sock), "version"], capture_output=True, timeout=10).returncode == 0:
+                os.close(fd)
+                raise RuntimeError(f"a test node is already running (containerd at {sock}): stop it with `make node-down` first")
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError("another test run holds the node (/run/imstack-node.lock) and did not finish in time") from None
+            if not told:
+                print("node: another test run holds the node; waiting for it", file=sys.stderr)
+                told = True
+            time.sleep(5)
 
 
 def _dns_answers(net: NodeNetwork, name: str) -> str | None:
