@@ -11,11 +11,16 @@ import secrets
 import time
 
 import pymongo
+import pytest
 import redis
 
 from im_runtime.client import ImClient
 from tests.deploy import chat_check
 from tests.node.conftest import FIGURES, srvr, wait_until
+
+# The first test also pays for the session's fixtures: images (minutes on a fresh machine),
+# the node, helm install and the ImCluster reaching Ready.
+pytestmark = pytest.mark.timeout(1200)
 
 
 def test_every_pod_runs_ready_under_the_kubelet(stack) -> None:
