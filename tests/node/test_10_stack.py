@@ -16,7 +16,7 @@ import redis
 
 from im_runtime.client import ImClient
 from tests.deploy import chat_check
-from tests.node.conftest import FIGURES, srvr, wait_until
+from tests.node.conftest import FIGURES, srvr
 
 # The first test also pays for the session's fixtures: images (minutes on a fresh machine),
 # the node, helm install and the ImCluster reaching Ready.
