@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.node.images import build_node_images, project_version
+from tests.polling import poll
 from tests.servers.kube import tools_bin
 from tests.servers.node import KubeNode, start_node
 
@@ -34,18 +35,7 @@ FIGURES: dict[str, Any] = {}
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 1.0, on_timeout: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as exc:  # not there yet; bounded by the deadline
-            last = exc
-        time.sleep(interval)
-    detail = on_timeout() if on_timeout else ""
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}\n{detail}")
+    return poll(check, timeout=timeout, what=what, interval=interval, detail=on_timeout)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import pytest
 
 from im_operator import crd
 from im_operator.kubeapi import Kube, KubeError
+from tests.polling import poll
 from tests.servers.kube import ControlPlane, free_port, start_control_plane
 from tests.servers.zookeeper import ZooKeeperServer, start_zookeeper
 
@@ -29,17 +30,7 @@ CR_PATH = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{{ns}}/{crd.PLURAL}"
 
 def wait_for(check: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition", interval: float = 0.2) -> Any:
     """Poll `check` until it returns a truthy value; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (KubeError, KeyError, TypeError, IndexError) as e:
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    return poll(check, timeout=timeout, what=what, interval=interval, tolerate=(KubeError, KeyError, TypeError, IndexError))
 
 
 @pytest.fixture(scope="session")

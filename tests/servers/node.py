@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tests.polling import TimedOut, poll
 from tests.servers.kube import ControlPlane, _kubeconfig, _make_pki, _Proc, _spawn, free_port, tools_bin
 
 NODE_HINT = "install and build it with `bash scripts/setup.d/35-kube-node.sh` (or `make setup-test-deps`)"
@@ -317,20 +318,26 @@ def _addons(net: NodeNetwork) -> list[dict[str, Any]]:
 
 def _wait(what: str, check: Callable[[], Any], *, deadline: float, procs: Iterable[_Proc] = (), interval: float = 0.5) -> Any:
     """Polls `check` until truthy; a part that exits or the deadline fails it with log tails."""
-    last: Any = None
-    while time.monotonic() < deadline:
+    procs = list(procs)
+
+    def alive_and(check=check) -> Any:  # type: ignore[no-untyped-def]
         for p in procs:
             if not p.alive():
                 raise RuntimeError(f"{p.name} exited with {p.process.returncode} while waiting for {what}; log tail:\n{p.tail()}")
         try:
-            last = check()
-            if last:
-                return last
+            return check()
         except Exception as exc:  # not up yet; bounded by the deadline
-            last = exc
-        time.sleep(interval)
-    tails = "\n".join(f"--- {p.name}:\n{p.tail(3000)}" for p in procs)
-    raise RuntimeError(f"{what} not ready in time (last: {last!r})\n{tails}")
+            raise _NotYet(exc) from exc
+
+    try:
+        return poll(alive_and, timeout=max(0.0, deadline - time.monotonic()), what=what, interval=interval, tolerate=(_NotYet,),
+                    detail=lambda: "\n".join(f"--- {p.name}:\n{p.tail(3000)}" for p in procs))
+    except TimedOut as e:
+        raise RuntimeError(str(e)) from None
+
+
+class _NotYet(Exception):
+    """A check that raised: not up yet (a dead process, raised as RuntimeError, is final)."""
 
 
 @dataclass
