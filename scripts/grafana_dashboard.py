@@ -185,7 +185,8 @@ def panels() -> list[dict[str, Any]]:
     L.add(series("Frames /s", "Protocol frames received from and written to clients.",
                  [target(rate("imstack_frames_in_total"), "in"), target(rate("imstack_frames_out_total"), "out")]), w=6, h=7)
     L.add(series("Auth, errors, slow-client drops /s",
-                 "Authentication attempts by result, ERROR frames by code, and clients dropped for a full write buffer.",
+                 "Authentication attempts by result; ERROR frames by code (bad frames that close the connection, "
+                 "errors answered by dispatch); clients dropped for a full write buffer.",
                  [target(rate("imstack_auth_total", "result"), "auth {{result}}"),
                   target(rate("imstack_protocol_errors_total", "code"), "error {{code}}"),
                   target(rate("imstack_slow_client_drops_total"), "slow-client drops")]), w=6, h=7)
