@@ -19,9 +19,19 @@ DROPPED_SLOW = Counter("imstack_slow_client_drops_total", "Connections dropped f
 OFFLINE_BACKLOG = Gauge("imstack_offline_backlog", "Messages waiting in offline queues", registry=REGISTRY)
 AUTH_RESULTS = Counter("imstack_auth_total", "Authentication attempts", ["result"], registry=REGISTRY)
 KICKS = Counter("imstack_kicks_total", "KICK frames sent", ["reason"], registry=REGISTRY)
-# Set by AccessNode.draining: one sample from every access process from its start, so a
-# dashboard can show drain state per pod (and find the access pods at all) before any client.
-DRAINING = Gauge("imstack_draining", "1 while this access node drains (refuses new clients, KICKs its own)", registry=REGISTRY)
+# Drain state of the access node (set_draining). Registered by the first access node, so only
+# access processes export it, from their start on: a dashboard counts the access pods and
+# shows drain state per pod with it before any client connects.
+DRAINING = Gauge("imstack_draining", "1 while this access node drains (refuses new clients, KICKs its own)", registry=None)
+_draining_registered = False
+
+
+def set_draining(value: bool) -> None:
+    global _draining_registered
+    if not _draining_registered:
+        REGISTRY.register(DRAINING)
+        _draining_registered = True
+    DRAINING.set(1 if value else 0)
 
 
 def exposition() -> bytes:

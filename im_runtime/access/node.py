@@ -106,7 +106,7 @@ class AccessNode:
     @draining.setter
     def draining(self, value: bool) -> None:
         self._draining = value
-        metrics.DRAINING.set(1 if value else 0)
+        metrics.set_draining(value)
 
     def count(self, kind: str | None = None) -> int:
         return len(self.connections) if kind is None else self._kinds.get(kind, 0)

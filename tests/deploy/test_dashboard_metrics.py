@@ -122,6 +122,8 @@ async def test_every_metric_the_dashboard_reads_is_exported_by_the_roles(topolog
     # The metrics this change added behave: drain state per pod, offline entries written.
     assert value(pages["access-1"], "imstack_draining") == 1
     assert value(pages["access-2"], "imstack_draining") == 0
+    for role in ("route", "dispatch"):  # the dashboard counts access pods by it
+        assert "imstack_draining" not in dash.exported(pages[role]), f"{role} exports imstack_draining"
     assert value(pages["dispatch"], "imstack_offline_writes_total") >= 4  # one receiver per message
     assert 'imstack_kicks_total{reason="drain"}' in pages["access-1"]
 
