@@ -19,6 +19,19 @@ DROPPED_SLOW = Counter("imstack_slow_client_drops_total", "Connections dropped f
 OFFLINE_BACKLOG = Gauge("imstack_offline_backlog", "Messages waiting in offline queues", registry=REGISTRY)
 AUTH_RESULTS = Counter("imstack_auth_total", "Authentication attempts", ["result"], registry=REGISTRY)
 KICKS = Counter("imstack_kicks_total", "KICK frames sent", ["reason"], registry=REGISTRY)
+# Drain state of the access node (set_draining). Registered by the first access node, so only
+# access processes export it, from their start on: a dashboard counts the access pods and
+# shows drain state per pod with it before any client connects.
+DRAINING = Gauge("imstack_draining", "1 while this access node drains (refuses new clients, KICKs its own)", registry=None)
+_draining_registered = False
+
+
+def set_draining(value: bool) -> None:
+    global _draining_registered
+    if not _draining_registered:
+        REGISTRY.register(DRAINING)
+        _draining_registered = True
+    DRAINING.set(1 if value else 0)
 
 
 def exposition() -> bytes:
@@ -50,7 +63,7 @@ class Hot:
 
     __slots__ = (
         "frames_in", "frames_out", "messages_in_single", "messages_in_group", "messages_out",
-        "pull_notifies", "acks", "duplicates", "send_buckets", "send_sum", "send_count",
+        "pull_notifies", "acks", "duplicates", "offline_writes", "send_buckets", "send_sum", "send_count",
     )
 
     BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -64,6 +77,10 @@ class Hot:
         self.pull_notifies = 0
         self.acks = 0
         self.duplicates = 0
+        # Entries written into offline queues (one per receiver of a message). With `acks`
+        # (entries removed) it gives the backlog's growth in cluster mode, where the backlog
+        # itself lives in Redis and no process holds its total.
+        self.offline_writes = 0
         self.send_buckets = [0] * (len(self.BUCKETS) + 1)
         self.send_sum = 0.0
         self.send_count = 0
@@ -95,6 +112,7 @@ class _HotCollector:
         yield CounterMetricFamily("imstack_messages_out", "Messages pushed to connections", value=h.messages_out)
         yield CounterMetricFamily("imstack_pull_notify", "PULL_NOTIFY sent instead of a push", value=h.pull_notifies)
         yield CounterMetricFamily("imstack_push_acks", "Offline entries removed by PUSH_ACK", value=h.acks)
+        yield CounterMetricFamily("imstack_offline_writes", "Entries written into offline queues (one per receiver)", value=h.offline_writes)
         yield CounterMetricFamily("imstack_duplicate_sends", "Re-sent messages answered from the de-dup store", value=h.duplicates)
         cumulative, buckets = 0, []
         for bound, n in zip(list(Hot.BUCKETS) + [float("inf")], h.send_buckets):

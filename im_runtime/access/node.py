@@ -72,7 +72,7 @@ class AccessNode:
         self.max_connections = max_connections
         self.connections: dict[int, GatewayConnection] = {}
         self.by_uid: dict[str, set[GatewayConnection]] = {}
-        self.draining = False
+        self.draining = False  # the property below: also zeroes the gauge
         self._ids = itertools.count(1)
         self._sweeper: asyncio.Task[None] | None = None
         # Set by start(): connections use it instead of asyncio.get_running_loop(), which on
@@ -95,6 +95,18 @@ class AccessNode:
             self._sweeper = None
         for conn in list(self.connections.values()):
             conn.close()
+
+    @property
+    def draining(self) -> bool:
+        """True once a drain started (drain znode or SIGTERM): refuse new clients, leave ipList.
+        A property so that every writer (this node's drain(), the cluster role's) also moves
+        the `imstack_draining` gauge the dashboard shows per pod."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        metrics.set_draining(value)
 
     def count(self, kind: str | None = None) -> int:
         return len(self.connections) if kind is None else self._kinds.get(kind, 0)

@@ -173,6 +173,7 @@ class DispatchService:
         """Write diffusion (S10): every receiver's queue first, then one push or notify each."""
         conversation_id = message.conversation_id
         push_to: list[str] = []
+        metrics.HOT.offline_writes += len(recipients)
         for uid, pending in zip(recipients, await self.stores.steps.enqueue(recipients, message)):
             if pending > self.notify_threshold:
                 notify = pb.PullNotify(conversation_id=conversation_id, latest_seq=message.seq, pending=pending)

@@ -3,7 +3,8 @@
 `desired_children()` turns one normalized ImCluster spec into the list of objects the operator
 server-side-applies: ConfigMap, StatefulSets + headless Services for the managed ZooKeeper,
 Redis and MongoDB, Deployments for access / WebSocket access / dispatch / route, client-facing
-Services and PodDisruptionBudgets. Every object carries the same labels (so stale ones can be
+Services, headless metrics Services (one per role, for a Prometheus Operator ServiceMonitor:
+see `metrics_service()`) and PodDisruptionBudgets. Every object carries the same labels (so stale ones can be
 found and pruned) and a controller owner reference to the ImCluster (so garbage collection
 removes them with it). The key Secret is not here: it is created once, never re-applied
 (`key_secret()`), so a reconcile can never rotate the token signing key.
@@ -32,6 +33,9 @@ TLS_DIR = "/etc/imstack/tls"
 # the grace period gives it the drain timeout plus a margin to flush and exit.
 GRACE_MARGIN_S = 15
 PRESTOP_SLEEP_S = 5
+# The label a ServiceMonitor selects the metrics Services by (charts/im-stack, serviceMonitor).
+METRICS_LABEL = "imstack.io/metrics"
+METRICS_PORT_NAME = "metrics"
 
 
 def labels(name: str, component: str) -> dict[str, str]:
@@ -64,6 +68,10 @@ def child_name(name: str, component: str) -> str:
 
 def headless_name(name: str, component: str) -> str:
     return f"{name}-{component}-headless"
+
+
+def metrics_name(name: str, component: str) -> str:
+    return f"{name}-{component}-metrics"
 
 
 def secret_name(name: str) -> str:
@@ -269,6 +277,31 @@ def _headless(name: str, namespace: str, owner: dict[str, Any], component: str, 
     }
 
 
+def metrics_service(name: str, namespace: str, owner: dict[str, Any], component: str, port: int) -> Manifest:
+    """A headless Service over one role's pods with one port named `metrics` (the /metrics
+    port: 9090 on access and dispatch, the HTTP port 8080 on route), labelled METRICS_LABEL.
+
+    Separate from the client Services on purpose: those may be LoadBalancers or NodePorts
+    (the metrics port must not be published with them), dispatch has none, and one label and
+    one port name let a single ServiceMonitor scrape every role of every ImCluster. Headless:
+    Prometheus scrapes each pod, no virtual IP is needed. Not-ready addresses are published
+    because a draining access pod is not ready (its /readyz says so, to leave the client
+    Service) and is exactly the pod whose metrics (drain state, KICKs) matter then."""
+    meta = _meta(name, namespace, component, owner, metrics_name(name, component))
+    meta["labels"][METRICS_LABEL] = "true"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector(name, component),
+            "ports": [{"name": METRICS_PORT_NAME, "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
+
+
 def _pdb(name: str, namespace: str, owner: dict[str, Any], component: str) -> Manifest:
     return {
         "apiVersion": "policy/v1",
@@ -315,6 +348,7 @@ def _access(spec: Spec, *, name: str, namespace: str, owner: dict[str, Any], ws:
     return [
         dep,
         _service(name, namespace, owner, component, [_client_port("client", port, svc)], svc_type=svc["type"], annotations=svc.get("annotations")),
+        metrics_service(name, namespace, owner, component, HEALTH_PORT),
         _pdb(name, namespace, owner, component),
     ]
 
@@ -463,6 +497,7 @@ def desired_children(spec: Spec, *, name: str, namespace: str, owner: dict[str, 
             [_client_port("http", ROUTE_HTTP, route["service"]), {"name": "grpc", "port": ROUTE_GRPC, "targetPort": ROUTE_GRPC}],
             svc_type=route["service"]["type"], annotations=route["service"].get("annotations"),
         ),
+        metrics_service(name, namespace, owner, "route", ROUTE_HTTP),
         _pdb(name, namespace, owner, "route"),
     ]
     d = spec["dispatch"]
@@ -471,6 +506,7 @@ def desired_children(spec: Spec, *, name: str, namespace: str, owner: dict[str, 
             spec, **kw, component="dispatch", image=_image(spec, "dispatch"), command=["imstack", "dispatch"], replicas=d["replicas"], comp=d,
             ports=[("link", DISPATCH_PORT), ("health", HEALTH_PORT)], health_port=HEALTH_PORT,
         ),
+        metrics_service(name, namespace, owner, "dispatch", HEALTH_PORT),
         _pdb(name, namespace, owner, "dispatch"),
     ]
     out += _access(spec, **kw, ws=False, replicas=access_replicas)

@@ -122,6 +122,41 @@ def test_route_gets_keys_from_secret_and_health_on_8080():
     assert c["envFrom"] == [{"configMapRef": {"name": "im-config"}}]
 
 
+def test_every_role_has_a_headless_metrics_service_on_its_metrics_port():
+    """What a ServiceMonitor scrapes (docs/operator.md, "Monitoring"): one Service per role,
+    labelled imstack.io/metrics, with a port named `metrics` that targets the port the role
+    serves /metrics on (docs/contracts.md), selecting exactly that role's pods."""
+    objs = children({"access": {"service": {"type": "LoadBalancer"}}, "route": {"service": {"type": "NodePort"}}})
+    metrics_port = {"access": 9090, "ws-access": 9090, "dispatch": 9090, "route": 8080}
+    for comp, port in metrics_port.items():
+        svc = objs[("Service", f"im-{comp}-metrics")]
+        dep = objs[("Deployment", f"im-{comp}")]
+        assert svc["metadata"]["labels"][manifests.METRICS_LABEL] == "true"
+        assert svc["metadata"]["labels"]["app.kubernetes.io/component"] == comp
+        assert svc["spec"]["clusterIP"] == "None" and svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+        # A draining access pod is unready, and its drain is what the dashboard shows.
+        assert svc["spec"]["publishNotReadyAddresses"] is True
+        assert svc["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": port, "protocol": "TCP"}]
+        assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= pod_labels.items()
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        assert port in [p["containerPort"] for p in container["ports"]], (comp, container["ports"])
+    # Only the metrics Services carry the label: a ServiceMonitor never scrapes a client
+    # Service (a LoadBalancer or NodePort here) nor a store's headless Service.
+    labelled = sorted(name for (kind, name), o in objs.items() if manifests.METRICS_LABEL in o["metadata"]["labels"])
+    assert labelled == sorted(f"im-{c}-metrics" for c in metrics_port)
+    for comp in ("access", "ws-access"):
+        client = objs[("Service", f"im-{comp}")]["spec"]["ports"]
+        assert 9090 not in [p["targetPort"] for p in client], "the metrics port stays off the client Services"
+
+
+def test_no_ws_access_no_ws_metrics_service():
+    objs = children({"wsAccess": {"enabled": False}})
+    assert ("Service", "im-ws-access-metrics") not in objs
+    assert ("Service", "im-access-metrics") in objs
+
+
 def test_managed_backends_config_and_statefulsets():
     objs = children({"pvcRetention": "Delete", "zookeeper": {"managed": {"replicas": 5, "storage": {"size": "2Gi", "storageClassName": "fast"}}},
                      "mongodb": {"managed": {"replicas": 3}}})
