@@ -88,6 +88,30 @@ def test_iplist_hands_out_pod_ips_the_client_reaches(stack) -> None:
     assert all(n["port"] == 9000 for n in ips["tcp"]) and all(n["port"] == 9001 for n in ips["ws"])
 
 
+def test_every_role_is_scrapeable_through_its_metrics_service(stack) -> None:
+    """What a ServiceMonitor follows: the metrics Services' endpoints, one per pod, each serving
+    Prometheus text with the role's metrics (and the operator's Service, its own)."""
+    import urllib.request
+
+    status, body = stack.node.api("GET", f"/api/v1/namespaces/{stack.namespace}/services?labelSelector=imstack.io%2Fmetrics%3Dtrue")
+    assert status == 200, body
+    services = {s["metadata"]["name"]: s for s in body["items"]}
+    assert {f"{stack.name}-{c}-metrics" for c in ("access", "ws-access", "dispatch", "route")} <= set(services), sorted(services)
+    for name, svc in services.items():
+        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "metrics")
+        status, slices = stack.node.api("GET", f"/apis/discovery.k8s.io/v1/namespaces/{stack.namespace}/endpointslices"
+                                               f"?labelSelector=kubernetes.io%2Fservice-name%3D{name}")
+        addresses = [a for sl in slices["items"] for e in sl.get("endpoints") or [] for a in e["addresses"]]
+        component = name[len(stack.name) + 1:-len("-metrics")]
+        assert len(addresses) == len(stack.ready_pods(component)) > 0, (name, addresses)
+        for ip in addresses:
+            with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=5) as r:  # noqa: S310
+                text = r.read().decode()
+            assert "imstack_" in text and "# TYPE" in text, (name, ip)
+            if component in ("access", "ws-access"):
+                assert "imstack_draining 0.0" in text, (name, ip)
+
+
 async def test_one_to_one_and_group_chat_through_the_services(stack) -> None:
     tcp = stack.iplist()["tcp"][0]
     ws = stack.iplist()["ws"][0]
