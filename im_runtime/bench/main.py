@@ -16,7 +16,8 @@ import time
 import urllib.request
 from typing import Any
 
-from im_runtime.bench.loadgen import ConnectionsJob, Peer, ThroughputJob, connections_process, throughput_process
+from im_runtime.bench.conn import Peer
+from im_runtime.bench.loadgen import ConnectionsJob, ThroughputJob, connections_process, throughput_process
 from im_runtime.bench.stackproc import StackProcess, cpu_seconds, rss_kib, start_stack
 
 

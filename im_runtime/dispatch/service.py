@@ -30,8 +30,7 @@ from im_runtime.idgen import IdGenerator
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import encode_frame, encode_message
 from im_runtime.dispatch.queries import fit, history, membership, refusal
-from im_runtime.protocol.types import ErrorCode, RequestType, group_conversation, single_conversation
-from im_runtime.route.tokens import valid_uid
+from im_runtime.protocol.types import ErrorCode, RequestType, group_conversation, single_conversation, valid_uid
 from im_runtime.storage.interfaces import ClaimState, Stores
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ if-chains. Types 100..119 are internal to the access <-> dispatch link (docs/pro
 from __future__ import annotations
 
 import enum
+import re
 from typing import NewType
 
 from google.protobuf.message import Message as ProtoMessage
@@ -118,6 +119,24 @@ CLIENT_REQUESTS: dict[int, int | None] = {
     RequestType.ID_BATCH_REQ: RequestType.ID_BATCH_RESP,
 }
 
+
+UID_PATTERN = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")
+_VALID_UIDS: dict[str, None] = {}  # uids already checked (bounded): a send checks its peer
+_VALID_UIDS_LIMIT = 100_000
+
+
+def valid_uid(uid: str) -> bool:
+    """Uids (and group ids) are 1..128 of [A-Za-z0-9_.@-]: no ':' (it separates the parts of
+    a conversation id). Here, not in route, because dispatch checks every send's peer and
+    must not import a layer above it."""
+    if uid in _VALID_UIDS:
+        return True
+    if UID_PATTERN.fullmatch(uid) is None:
+        return False
+    if len(_VALID_UIDS) >= _VALID_UIDS_LIMIT:
+        _VALID_UIDS.clear()
+    _VALID_UIDS[uid] = None
+    return True
 
 
 def single_conversation(a: str, b: str) -> ConversationId:

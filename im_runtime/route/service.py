@@ -9,7 +9,8 @@ from typing import Iterable
 
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.types import ErrorCode
-from im_runtime.route.tokens import TokenSigner, valid_uid
+from im_runtime.protocol.types import valid_uid
+from im_runtime.route.tokens import TokenSigner
 from im_runtime.storage.interfaces import SessionStore
 
 
