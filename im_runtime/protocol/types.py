@@ -20,6 +20,8 @@ Seq = NewType("Seq", int)
 MessageId = NewType("MessageId", int)
 
 HEAD_LENGTH = 20
+# content_type of a gap marker (docs/protocol.md): a seq handed out that carries no message.
+GAP_CONTENT_TYPE = -1
 DEFAULT_MAX_BODY = 65_536
 PROTOCOL_VERSION = 1
 
@@ -56,6 +58,8 @@ class RequestType(enum.IntEnum):
     FORWARD = 110
     FORWARD_RESP = 111
     DELIVER = 112
+    SESSION_CHANGED = 113
+    REBIND = 114
 
 
 class ErrorCode(enum.IntEnum):
@@ -103,6 +107,8 @@ BODY_TYPES: dict[int, type[ProtoMessage] | None] = {
     RequestType.FORWARD: pb.Forward,
     RequestType.FORWARD_RESP: pb.ForwardResponse,
     RequestType.DELIVER: pb.Deliver,
+    RequestType.SESSION_CHANGED: pb.SessionChanged,
+    RequestType.REBIND: pb.Rebind,
 }
 
 # What a client may send; the answer type of each request.
@@ -137,6 +143,19 @@ def valid_uid(uid: str) -> bool:
         _VALID_UIDS.clear()
     _VALID_UIDS[uid] = None
     return True
+
+
+def gap_marker(conversation_id: str, seq: int) -> pb.Message:
+    """The history entry for a seq that was handed out and will never carry a message
+    (its send failed and was not retried, or a Redis loss skipped it): clients skip it at
+    once instead of waiting for it (docs/protocol.md, "Gap markers")."""
+    marker = pb.Message(conversation_id=conversation_id, seq=seq, content_type=GAP_CONTENT_TYPE)
+    marker.gap = True
+    return marker
+
+
+def is_gap(message: pb.Message) -> bool:
+    return message.gap or (message.content_type == GAP_CONTENT_TYPE and message.message_id == 0)
 
 
 def single_conversation(a: str, b: str) -> ConversationId:
