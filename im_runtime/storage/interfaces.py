@@ -26,6 +26,9 @@ class SessionStore(Protocol):
         """Removes every session on a dead access node (S9); returns how many."""
     async def nodes(self) -> set[str]:
         """Access nodes that hold sessions (route drops those of nodes that died unseen)."""
+    async def epoch(self) -> str:
+        """Names this session table's lifetime: it changes when the table is lost (a Redis
+        restart without persistence, FLUSHALL), so the access nodes know to bind again."""
 
 
 class OfflineStore(Protocol):

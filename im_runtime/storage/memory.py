@@ -42,6 +42,9 @@ class MemorySessionStore:
     async def nodes(self) -> set[str]:
         return {node for conns in self._by_uid.values() for node, _ in conns}
 
+    async def epoch(self) -> str:
+        return "memory"  # lives as long as the process, as its sessions do
+
     async def drop_node(self, node: str) -> int:
         removed = 0
         for uid in list(self._by_uid):

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import time
+import uuid
 from typing import Iterable, Protocol
 
 from im_runtime.proto import imstack_pb2 as pb
@@ -42,6 +43,9 @@ def tag(owner: str) -> str:
 
 # Every access node that has held a session (one small set; route reconciles it with ZooKeeper).
 NODES_KEY = f"{PREFIX}:nodes"
+# The session table's epoch (SessionStore.epoch). One key: on a Redis Cluster it sits on one
+# master, so a loss of another master's data goes unnoticed here (docs/cluster.md).
+EPOCH_KEY = f"{PREFIX}:epoch"
 
 
 def _key(kind: str, owner: str) -> str:
@@ -89,6 +93,13 @@ class RedisSessionStore:
 
     async def nodes(self) -> set[str]:
         return {_s(n) for n in await self._p.call("SMEMBERS", NODES_KEY)}
+
+    async def epoch(self) -> str:
+        value = await self._p.call("GET", EPOCH_KEY)
+        if value is None:  # a new Redis, or one that lost its data: a new epoch, set once
+            await self._p.call("SET", EPOCH_KEY, uuid.uuid4().hex, "NX")
+            value = await self._p.call("GET", EPOCH_KEY)
+        return _s(value)
 
     async def drop_node(self, node: str) -> int:
         await self._p.call("SREM", NODES_KEY, node)
