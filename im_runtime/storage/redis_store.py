@@ -122,16 +122,15 @@ class RedisSessionStore:
 # mid, body, conv, ms: message id, message bytes, conversation id, server time (ms).
 _OFFLINE_ADD_FN = """
 local function offline_add(q, idx, pend, last, mid, body, conv, ms)
-  if redis.call('HEXISTS', idx, mid) == 1 then
-    return tonumber(redis.call('HGET', pend, conv) or '0')
-  end
   local score = tonumber(ms) * 1000
   local l = tonumber(redis.call('GET', last) or '0')
   if score <= l then score = l + 1 end
   local s = string.format('%.0f', score)
+  if redis.call('HSETNX', idx, mid, s .. ' ' .. conv) == 0 then  -- queued already: keep one copy
+    return tonumber(redis.call('HGET', pend, conv) or '0')
+  end
   redis.call('SET', last, s)
   redis.call('ZADD', q, s, body)
-  redis.call('HSET', idx, mid, s .. ' ' .. conv)
   return redis.call('HINCRBY', pend, conv, 1)
 end
 """
@@ -205,7 +204,7 @@ class RedisOfflineStore:
         ids = [int(m) for m in dict.fromkeys(message_ids)]
         if not ids:
             return 0
-        return int(await self._p.script(self._ack, self._keys(uid)[:3], ids))
+        return int(await self._p.batch(self._ack, self._keys(uid)[:3], ids))
 
     async def backlog(self, uid: str) -> int:
         return int(await self._p.call("HLEN", _key("offi", uid)))
@@ -369,16 +368,20 @@ class RedisSequenceStore:
 
 # --------------------------------------------------------------------------- read positions (S13, S14)
 
-# KEYS: hash; ARGV: field, seq. read = max(read, seq), atomic (S14).
-_MAX_FIELD = """
-local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
-local seq = tonumber(ARGV[2])
-if seq > cur then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  return seq
+_MAX_FIELD_FN = """
+local function max_field(key, field, value)
+  local cur = tonumber(redis.call('HGET', key, field) or '-1')
+  local seq = tonumber(value)
+  if seq > cur then
+    redis.call('HSET', key, field, value)
+    return seq
+  end
+  return cur
 end
-return cur
 """
+
+# KEYS: hash; ARGV: field, seq. read = max(read, seq), atomic (S14).
+_MAX_FIELD = _MAX_FIELD_FN + "return max_field(KEYS[1], ARGV[1], ARGV[2])"
 
 
 class RedisReadStore:
@@ -473,10 +476,13 @@ _DONE = b"d"  # value prefix of a completed claim
 # The journal `im:infl:{t(conversation)}:<conversation>` maps the seq of every begun, unfinished
 # send to its claim key.
 
-# KEYS: claim, seq counter hash, read mirror of the conversation (`rdc`), journal
-# ARGV: now ms, lease ms, claim ttl ms, sender, recipients...
+# KEYS: claim, seq counter hash, read mirror of the conversation (`rdc`), journal, and on a
+# single Redis the sender's read list (`rdu`).
+# ARGV: now ms, lease ms, claim ttl ms, conversation, sender, recipients...
 # Returns {4, seq, time} new | {1, seq, time} resumed | {3, seq} pending | {2, 0, 0, value} done |
 # {0, 0, time} claimed, but the counter needs the slow path (then _SEND_ATTACH).
+# The sender's read positions are set, not maxed: in the step that hands the seq out, it is the
+# conversation's latest, and no read position is ever above the latest seq.
 _SEND_BEGIN = """
 local now = tonumber(ARGV[1])
 local until_ = string.format('%.0f', now + tonumber(ARGV[2]))
@@ -505,48 +511,48 @@ end
 local seq = redis.call('HINCRBY', KEYS[2], 'c', 1)
 redis.call('SET', KEYS[1], 'p ' .. seq .. ' ' .. until_ .. ' ' .. ARGV[1], 'PX', ARGV[3])
 redis.call('HSET', KEYS[4], seq, KEYS[1])
-local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[4]) or '-1')
-if seq > cur then redis.call('HSET', KEYS[3], ARGV[4], seq) end
-for i = 5, #ARGV do redis.call('HSETNX', KEYS[3], ARGV[i], 0) end
+redis.call('HSET', KEYS[3], ARGV[5], seq)
+if KEYS[5] then redis.call('HSET', KEYS[5], ARGV[4], seq) end
+for i = 6, #ARGV do redis.call('HSETNX', KEYS[3], ARGV[i], 0) end
 return {4, seq, now}
 """
 
-# KEYS: claim, read mirror, journal; ARGV: seq, now ms, lease ms, claim ttl ms, sender, recipients...
+# KEYS: claim, read mirror, journal (, the sender's read list on a single Redis);
+# ARGV: seq, now ms, lease ms, claim ttl ms, conversation, sender, recipients...
 # The slow path's seq joins the claim it made ("p 0 ..."); 0 if the claim moved on meanwhile.
-_SEND_ATTACH = """
+# The seq was handed out outside this step, so the read positions are maxed here.
+_SEND_ATTACH = _MAX_FIELD_FN + """
 local v = redis.call('GET', KEYS[1])
 if not v or string.sub(v, 1, 4) ~= 'p 0 ' then return 0 end
 local t = string.sub(v, string.find(v, ' ', 5, true) + 1)
 local until_ = string.format('%.0f', tonumber(ARGV[2]) + tonumber(ARGV[3]))
 redis.call('SET', KEYS[1], 'p ' .. ARGV[1] .. ' ' .. until_ .. ' ' .. t, 'PX', ARGV[4])
 redis.call('HSET', KEYS[3], ARGV[1], KEYS[1])
-local seq = tonumber(ARGV[1])
-local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '-1')
-if seq > cur then redis.call('HSET', KEYS[2], ARGV[5], seq) end
-for i = 6, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], 0) end
+max_field(KEYS[2], ARGV[6], ARGV[1])
+if KEYS[4] then max_field(KEYS[4], ARGV[5], ARGV[1]) end
+for i = 7, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], 0) end
 return 1
 """
 
-# KEYS: claim, journal; ARGV: done value, ttl ms, seq. Completes the claim, clears the journal.
+# KEYS: claim, journal; ARGV: done value, ttl ms, seq. Completes the claim, clears the journal
+# (a seq is journaled for one claim only, so the entry is this send's).
 _COMPLETE_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if redis.call('HGET', KEYS[2], ARGV[3]) == KEYS[1] then redis.call('HDEL', KEYS[2], ARGV[3]) end
+redis.call('HDEL', KEYS[2], ARGV[3])
 """
 
-# One Redis (not a Cluster): the whole finish in one script.
-# KEYS: claim, journal, sender's read list (`rdu`), then per recipient its four offline keys and
-# its read list. ARGV: done value, ttl ms, seq, conversation, message id, message bytes, time ms.
+# One Redis (not a Cluster): the whole finish in one script (begin already set the sender's
+# read list). KEYS: claim, journal, then per recipient its four offline keys and its read list.
+# ARGV: done value, ttl ms, seq, conversation, message id, message bytes, time ms.
 # Queues first and completes last: Redis does not roll a failed script back, so a write refused
 # half-way (noeviction at maxmemory) must not leave a completed claim without the queue entries.
 _SEND_FINISH = _OFFLINE_ADD_FN + """
 local out = {}
-for i = 0, (#KEYS - 3) / 5 - 1 do
-  local k = 3 + i * 5
+for i = 0, (#KEYS - 2) / 5 - 1 do
+  local k = 2 + i * 5
   redis.call('HSETNX', KEYS[k + 5], ARGV[4], 0)
   out[i + 1] = offline_add(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], ARGV[5], ARGV[6], ARGV[4], ARGV[7])
 end
-local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[4]) or '-1')
-if tonumber(ARGV[3]) > cur then redis.call('HSET', KEYS[3], ARGV[4], ARGV[3]) end
 """ + _COMPLETE_LUA + """
 return out
 """
@@ -645,7 +651,11 @@ class RedisSendSteps:
         now = int(time.time() * 1000)
         claim = claim_key(conversation_id, sender, message_id)
         keys = [claim, _key("seq", conversation_id), _key("rdc", conversation_id), _key("infl", conversation_id)]
-        reply = await self._p.script(self._begin, keys, [now, self._lease_ms, self._ttl_ms, sender, *recipients])
+        if self._single:
+            keys.append(_key("rdu", sender))
+        reply = await self._p.batch(
+            self._begin, keys, [now, self._lease_ms, self._ttl_ms, conversation_id, sender, *recipients]
+        )
         status = reply[0]
         if status == 4:
             return Begun(SendState.NEW, int(reply[1]), int(reply[2]))
@@ -663,8 +673,8 @@ class RedisSendSteps:
             await self._p.call("DEL", claim)
             raise
         attached = await self._p.script(
-            self._attach, [claim, keys[2], keys[3]],
-            [seq, int(time.time() * 1000), self._lease_ms, self._ttl_ms, sender, *recipients],
+            self._attach, [claim, keys[2], keys[3], *keys[4:]],
+            [seq, int(time.time() * 1000), self._lease_ms, self._ttl_ms, conversation_id, sender, *recipients],
         )
         if attached != 1:  # our lease ran out meanwhile and a retry took the claim over
             await self._messages.mark_gaps(conversation_id, [seq])
@@ -678,12 +688,12 @@ class RedisSendSteps:
         done = _DONE + ack.SerializeToString()
         server_ms = max(0, message.server_time)
         if self._single:
-            keys = [claim, _key("infl", conv), _key("rdu", sender)]
+            keys = [claim, _key("infl", conv)]
             for uid in recipients:
                 keys += RedisOfflineStore._keys(uid)
                 keys.append(_key("rdu", uid))
             args = [done, self._ttl_ms, message.seq, conv, message.message_id, body, server_ms]
-            return [int(r) for r in await self._p.script(self._finish, keys, args)]
+            return [int(r) for r in await self._p.batch(self._finish, keys, args)]
         args = [message.message_id, body, conv, server_ms]
         replies = await await_all(
             *(self._p.script(self._enqueue, [*RedisOfflineStore._keys(uid), _key("rdu", uid)], args) for uid in recipients)

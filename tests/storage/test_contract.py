@@ -718,3 +718,46 @@ async def test_redis_url_with_password_and_database_is_honoured(cluster_servers,
         await admin.aclose()
         await stores.close()
         server.stop()
+
+
+async def test_redis_batches_one_scripts_calls_of_a_loop_turn_into_one_evalsha(cluster_servers) -> None:
+    """pools.AutoPipeline.batch: the calls of one script made in one loop turn run as one
+    EVALSHA of the batched form; each caller gets its own reply; an error fails the batch;
+    a Redis that lost its scripts (SCRIPT FLUSH) is given the batched form again."""
+    import redis.asyncio as aioredis
+
+    from im_runtime.storage.pools import AutoPipeline, redis_client
+
+    url = cluster_servers.redis.url
+    client = redis_client(url)
+    admin = aioredis.Redis.from_url(url)
+    pipe = AutoPipeline(client, url)
+    script = client.register_script("if ARGV[1] == 'boom' then return redis.error_reply('boom') end "
+                                    "return {redis.call('INCRBY', KEYS[1], ARGV[1]), #KEYS}")
+    key = new_id("k")
+    try:
+        await pipe.call("PING")
+
+        async def evalshas() -> int:
+            stats = await admin.info("commandstats")
+            return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+        before = await evalshas()
+        replies = await asyncio.gather(*(pipe.batch(script, [key], [i]) for i in range(1, 51)))
+        assert sorted(r[0] for r in replies) == [sum(range(1, i + 1)) for i in range(1, 51)]
+        assert all(r[1] == 1 for r in replies)  # each item saw its own KEYS
+        assert await evalshas() - before <= 2  # one batch (plus at most a NOSCRIPT retry)
+        good = pipe.batch(script, [key], [1])
+        bad = pipe.batch(script, [key], ["boom"])
+        results = await asyncio.gather(good, bad, return_exceptions=True)
+        assert results[0][0] == sum(range(1, 51)) + 1 and isinstance(results[1], Exception) and "boom" in str(results[1])
+        crash = client.register_script("if ARGV[1] == 'boom' then redis.call('NOSUCHCOMMAND') end return 1")
+        results = await asyncio.gather(pipe.batch(crash, [key], [1]), pipe.batch(crash, [key], ["boom"]), return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in results)  # a raising command fails the batch
+        await admin.script_flush()
+        replies = await asyncio.gather(*(pipe.batch(script, [key], [1]) for _ in range(3)))
+        assert len(replies) == 3 and max(r[0] for r in replies) == sum(range(1, 51)) + 4
+    finally:
+        await pipe.close()
+        await client.aclose()
+        await admin.aclose()
