@@ -267,11 +267,12 @@ class AccessRole:
         self.node.start()
         self.zk.watch_children(self.zk.path("dispatch"), self.links.update)
         await self.gateway.start()
+        # the probe port before the registration: route probes it (cluster/liveness.py)
+        self.probes, self.metrics_port = await serve_probes(s.host, s.metrics_port, self._ready)
         self.path = self.zk.path("access", self.kind, s.node_id)
         await self.zk.register(self.path, self._registration())
         self.zk.watch_data(self.zk.path("drain", s.node_id), self._drain_requested)
         self.zk.on_recovered = self._session_recovered
-        self.probes, self.metrics_port = await serve_probes(s.host, s.metrics_port, self._ready)
         self._publisher = asyncio.get_running_loop().create_task(self._publish())
         log.info("access node up", extra={"node_id": s.node_id, "kind": self.kind, "port": self.gateway.port})
 
@@ -284,6 +285,7 @@ class AccessRole:
             "node_id": s.node_id,
             "host": s.advertise_host,
             "port": self.gateway.port,
+            "probe_port": self.metrics_port,
             "kind": self.kind,
             "connections": self.node.count(self.kind),
             "draining": self.node.draining,
