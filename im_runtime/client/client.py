@@ -101,6 +101,7 @@ class ImClient:
         self.connected = asyncio.Event()
         self.reconnects = 0  # successful reconnects
         self.reconnect_attempts = 0  # connection attempts after a loss (refused ones too)
+        self.duplicates = 0  # pushed or pulled messages this client had already received
         self._lost: tuple[str, int] | None = None  # the address of the connection just lost
         self._conn: ClientConnection | None = None
         self._ids: list[int] = []
@@ -232,6 +233,8 @@ class ImClient:
     def _on_event(self, request_type: int, message: ProtoMessage | None) -> None:
         if request_type == RequestType.PUSH:
             assert isinstance(message, pb.Message)
+            if self.timeline.seen(message.message_id):
+                self.duplicates += 1
             # Acked on receipt: from here the SDK holds it (a held message waits for its gap).
             self._deliver(self.timeline.offer(message, time.monotonic()))
             self._ack(message.message_id)
@@ -290,6 +293,8 @@ class ImClient:
             now = time.monotonic()
             ids = []
             for message in resp.messages:
+                if self.timeline.seen(message.message_id):
+                    self.duplicates += 1
                 self._deliver(self.timeline.offer(message, now))
                 ids.append(message.message_id)
             if ids:

@@ -29,7 +29,6 @@ from im_runtime.cluster.ring import HashRing
 from im_runtime.cluster.zk import ZkRegistry
 from im_runtime.config import Settings
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.protocol.frame import encode_message
 from im_runtime.protocol.types import ErrorCode, RequestType, single_conversation
 from im_runtime.route.grpc_client import RouteClient
 
@@ -327,9 +326,9 @@ class AccessRole:
 
     def _rebind(self, epoch: str) -> None:
         """REBIND: Redis lost the session table (every dispatch node that noticed says so; once
-        per epoch is enough). The connections are bound again, the dispatch nodes drop their
-        cached lookups, and every client is asked to pull offline: pushes sent while its
-        session was missing went nowhere, but their messages are in its offline queue."""
+        per epoch is enough). The connections are bound again, then the dispatch nodes are told
+        (SESSION_CHANGED all): they drop their cached lookups and send PULL_NOTIFY to the users
+        whose pushes found no session meanwhile."""
         if epoch == self._rebound:
             return
         self._rebound = epoch
@@ -349,10 +348,9 @@ class AccessRole:
             except Exception:
                 log.warning("rebind failed; retrying", exc_info=True)
                 await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        # the dispatch nodes drop their cached lookups, and notify the users whose pushes found
+        # no session meanwhile (their messages wait in the offline queues)
         self.links.sessions_changed(everything=True)
-        notify = encode_message(RequestType.PULL_NOTIFY, 0, pb.PullNotify())
-        for conn in conns:
-            conn.send(notify)
 
     def _drain_requested(self, data: dict | None) -> None:
         if data is None or self._draining_task is not None:

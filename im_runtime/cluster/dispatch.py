@@ -54,6 +54,8 @@ class ClusterPusher:
 
     MAX_BATCH = 1000
     MAX_WAITING = 50_000  # users waiting for a lookup; past it pushes are dropped (they wait offline)
+    UNREACHED_S = 10.0  # how long a push that found no session is remembered (see renotify)
+    MAX_UNREACHED = 10_000
 
     def __init__(self, sessions: SessionStore, links: LinkServer, cache: SessionCache) -> None:
         self.sessions = sessions
@@ -62,6 +64,7 @@ class ClusterPusher:
         self._waiting: dict[str, list[bytes]] = {}  # uid -> frames waiting for its lookup, in order
         self._unasked: list[str] = []
         self._worker: asyncio.Task[None] | None = None
+        self._unreached: dict[str, float] = {}  # uid -> when a push to it last found no session
         self.lookups = 0
         self.dropped = 0
 
@@ -105,8 +108,11 @@ class ClusterPusher:
                 ok = False
             self.cache.lookup_done(started, batch if ok else (), found)
             groups: dict[tuple[int, str], tuple[bytes, list[str]]] = {}
+            now = time.monotonic()
             for uid in batch:
                 frames = self._waiting.pop(uid, ())
+                if ok and uid not in found and len(self._unreached) < self.MAX_UNREACHED:
+                    self._unreached[uid] = now
                 for node in found.get(uid, ()):
                     for frame in frames:
                         group = groups.get((id(frame), node))
@@ -116,6 +122,17 @@ class ClusterPusher:
                             group[1].append(uid)
             for (_, node), (frame, node_uids) in groups.items():
                 self._write(node, node_uids, frame)
+
+    async def renotify(self) -> None:
+        """After the session table was lost and bound again: users whose pushes found no
+        session in the last UNREACHED_S seconds (offline users, and online ones the lost table
+        did not know) get a PULL_NOTIFY if they have a session now, so they pull what waited
+        offline. (An empty conversation id: pull the offline queue.)"""
+        horizon = time.monotonic() - self.UNREACHED_S
+        uids = [uid for uid, at in self._unreached.items() if at >= horizon]
+        self._unreached.clear()
+        if uids:
+            await self.deliver(uids, encode_message(RequestType.PULL_NOTIFY, 0, pb.PullNotify()))
 
     def _write(self, node: str, uids: list[str], frame: bytes) -> None:
         link = self.links.links.get(node)
@@ -181,8 +198,9 @@ class DispatchRole:
         self.cache.clear()
 
     def _sessions_changed(self, uids: list[str], everything: bool) -> None:
-        if everything:
+        if everything:  # an access node bound its connections again (REBIND)
             self.cache.clear()
+            asyncio.get_running_loop().create_task(self.pusher.renotify())
         else:
             self.cache.invalidate(uids)
 
