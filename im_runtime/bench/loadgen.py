@@ -30,7 +30,9 @@ class ThroughputJob:
     ws_path: str | None = None  # WebSocket instead of TCP
 
 
-async def run_throughput(job: ThroughputJob, ready, go, start_at) -> Tally:  # type: ignore[no-untyped-def]
+async def run_throughput(job: ThroughputJob, ready, go, start_at, progress=None) -> Tally:  # type: ignore[no-untyped-def]
+    """`progress`: a shared array (sent, delivered, errors) this process keeps current, read by
+    the parent to show progress while the load runs."""
     tally = Tally()
     measuring = [False]
     conns = []
@@ -69,10 +71,14 @@ async def run_throughput(job: ThroughputJob, ready, go, start_at) -> Tally:  # t
             tally.sent += c.send_frames(job.window, padding)
     rate = job.rate_per_client * len(conns)
     next_conn = 0
+    next_report = 0.0
     while True:
         now = time.monotonic()
         if now >= end:
             break
+        if progress is not None and now >= next_report:
+            next_report = now + 0.25
+            progress[0], progress[1], progress[2] = tally.sent, tally.delivered, tally.errors
         if rate > 0:
             # Open loop: one schedule for the process, spread round-robin over the clients.
             due = int((now - t0) * rate) - tally.sent
@@ -110,13 +116,13 @@ async def run_throughput(job: ThroughputJob, ready, go, start_at) -> Tally:  # t
     return tally
 
 
-def throughput_process(job: ThroughputJob, ready, go, start_at, results) -> None:  # type: ignore[no-untyped-def]
-    _run(_throughput_main(job, ready, go, start_at, results))
+def throughput_process(job: ThroughputJob, ready, go, start_at, results, progress=None) -> None:  # type: ignore[no-untyped-def]
+    _run(_throughput_main(job, ready, go, start_at, results, progress))
 
 
-async def _throughput_main(job, ready, go, start_at, results) -> None:  # type: ignore[no-untyped-def]
+async def _throughput_main(job, ready, go, start_at, results, progress=None) -> None:  # type: ignore[no-untyped-def]
     try:
-        tally = await run_throughput(job, ready, go, start_at)
+        tally = await run_throughput(job, ready, go, start_at, progress)
         results.put(("ok", tally.sent, tally.acked, tally.delivered, tally.errors, tally.notifies, tally.latencies_ms.tobytes()))
     except Exception as exc:  # reported to the parent, which fails loudly
         ready.set()
