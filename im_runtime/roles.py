@@ -14,6 +14,7 @@ import sys
 
 from im_runtime import logs
 from im_runtime.config import Settings
+from im_runtime.runtime import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def _add(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
 
 async def _serve(role) -> None:  # type: ignore[no-untyped-def]
     await role.start()
+    tune_gc()  # as the all-in-one process does: the default GC threshold ran every few messages
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, role.terminate)
     loop.add_signal_handler(signal.SIGINT, role.terminate)

@@ -11,19 +11,34 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from google.protobuf.message import Message as ProtoMessage
 
 from im_runtime import metrics
 from im_runtime.proto import imstack_pb2 as pb
 
-if TYPE_CHECKING:
-    from im_runtime.access.session import GatewayConnection
-
 log = logging.getLogger(__name__)
 
 Response = tuple[int, ProtoMessage | None]
+
+
+class GatewayConnection(Protocol):
+    """What the node needs of a client connection. `access.session.GatewayConnection` is the
+    one implementation; it imports this module, so this module names it only as a Protocol
+    (no import cycle between the two)."""
+
+    kind: str
+    conn_id: int
+    last_seen: float
+
+    @property
+    def uid(self) -> str | None: ...
+    @property
+    def device_id(self) -> str: ...
+    def send(self, data: bytes) -> None: ...
+    def kick(self, code: int, message: str, host: str = "", port: int = 0, *, reason: str = "kick") -> None: ...
+    def close(self) -> None: ...
 
 
 class Upstream(Protocol):

@@ -136,6 +136,20 @@ class GatewayConnection:
         inbox = self._inbox
         if inbox is None:
             inbox = self._inbox = deque()
+        if inbox or (self._worker is not None and not self._worker.done()):
+            # Requests are busy (a send waits for dispatch): heartbeats are answered now, not
+            # behind them, or a client whose send waits longer than its heartbeat timeout
+            # would take the connection for dead and reconnect. Their answers carry their own
+            # sequence, so answering out of turn is fine.
+            kept = []
+            for event in events:
+                if isinstance(event, Frame) and event.request_type == RequestType.HEARTBEAT_REQ:
+                    verdict = self.core.admit(event)
+                    if isinstance(verdict, Reply):
+                        self.send(verdict.data)
+                    continue
+                kept.append(event)
+            events = kept
         inbox.extend(events)
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._run())

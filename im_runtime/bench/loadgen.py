@@ -7,27 +7,14 @@ each message carries its send time (wall clock ns) so the receiver measures deli
 """
 from __future__ import annotations
 
-import array
 import asyncio
-import itertools
 import os
-import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.protocol.frame import FrameDecoder, encode_frame, encode_message
+from im_runtime.bench.conn import BenchConn, Peer, Tally, open_tcp
+from im_runtime.bench.wsconn import open_ws, open_ws_connections
 from im_runtime.protocol.types import RequestType
-
-STAMP = struct.Struct(">q")
-
-
-@dataclass
-class Peer:
-    uid: str
-    token: str
-    to: str  # peer uid or group id
-    group: bool
 
 
 @dataclass
@@ -43,188 +30,19 @@ class ThroughputJob:
     ws_path: str | None = None  # WebSocket instead of TCP
 
 
-@dataclass
-class Tally:
-    sent: int = 0
-    acked: int = 0
-    delivered: int = 0
-    errors: int = 0
-    notifies: int = 0
-    latencies_ms: array.array = field(default_factory=lambda: array.array("d"))
-
-
-class BenchConn(asyncio.Protocol):
-    def __init__(self, peer: Peer, tally: Tally, measuring: list[bool]) -> None:
-        self.peer = peer
-        self.tally = tally
-        self.measuring = measuring
-        self.decoder = FrameDecoder(max_body=1 << 24)
-        self.transport: asyncio.Transport | None = None
-        self.waiters: dict[int, asyncio.Future] = {}
-        self.seq = itertools.count(1)
-        self.ids: list[int] = []
-        self.to_ack: list[int] = []
-        self.in_flight = 0
-        self.closed = False
-        self.seen: set[int] = set()
-        self.pulling = False
-        self.pull_again = False
-        self.window = 0  # closed loop: sends in flight kept at this many, refilled on each ack
-        self.sending = measuring  # replaced by the run's own flag
-        self.padding = b""
-
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
-        self.transport = transport
-
-    def connection_lost(self, exc) -> None:  # type: ignore[no-untyped-def]
-        self.closed = True
-        for f in self.waiters.values():
-            if not f.done():
-                f.set_exception(ConnectionError("closed"))
-
-    def data_received(self, data: bytes) -> None:
-        now_ns = time.time_ns()
-        tally = self.tally
-        for frame in self.decoder.receive_data(data):
-            t = getattr(frame, "request_type", None)
-            if t is None:
-                tally.errors += 1
-                continue
-            if t == RequestType.PUSH:
-                message = pb.Message.FromString(frame.body)
-                self._delivered(message, now_ns)
-            elif t == RequestType.SEND_ACK:
-                self.in_flight -= 1
-                if self.measuring[0]:
-                    ack = pb.SendAck.FromString(frame.body)
-                    if ack.code in (0, 409):
-                        tally.acked += 1
-                    else:
-                        tally.errors += 1
-
-            elif t == RequestType.PULL_NOTIFY:
-                tally.notifies += 1
-                if self.pulling:
-                    self.pull_again = True  # coalesce: one pull in flight, one more after it
-                else:
-                    self.pull_offline()
-            elif t == RequestType.PULL_OFFLINE_RESP:
-                resp = pb.PullOfflineResponse.FromString(frame.body)
-                for message in resp.messages:
-                    self._delivered(message, now_ns)
-                if resp.has_more:
-                    self.pull_offline(resp.next_cursor)
-                elif self.pull_again:
-                    self.pull_again = False
-                    self.pull_offline()
-                else:
-                    self.pulling = False
-            else:
-                waiter = self.waiters.pop(frame.sequence, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result((t, frame.body))
-                elif t == RequestType.ERROR:
-                    tally.errors += 1
-        # One write per read: the acks of what this read brought (at once, which keeps pending
-        # under the notify threshold) and, in closed loop, the sends the acks made room for.
-        out = []
-        if self.to_ack:
-            ids, self.to_ack = self.to_ack, []
-            out.append(encode_message(RequestType.PUSH_ACK, 0, pb.PushAck(message_ids=ids)))
-        if self.window and self.sending[0] and self.in_flight < self.window:
-            n = self._encode_sends(self.window - self.in_flight, self.padding, out)
-            tally.sent += n
-        if out and self.transport is not None and not self.closed:
-            self.transport.write(b"".join(out))
-
-    def _delivered(self, message: pb.Message, now_ns: int) -> None:
-        self.to_ack.append(message.message_id)
-        if message.message_id in self.seen:  # pushed, then pulled again before the ack landed
-            return
-        self.seen.add(message.message_id)
-        if self.measuring[0] and len(message.content) >= 8:
-            self.tally.delivered += 1
-            self.tally.latencies_ms.append((now_ns - STAMP.unpack_from(message.content)[0]) / 1e6)
-
-    def pull_offline(self, cursor: int = 0) -> None:
-        self.pulling = True
-        self.write(RequestType.PULL_OFFLINE_REQ, pb.PullOfflineRequest(cursor=cursor, limit=500))
-
-    def write(self, request_type: int, message=None) -> int:  # type: ignore[no-untyped-def]
-        seq = next(self.seq)
-        if self.transport is not None and not self.closed:
-            self.transport.write(encode_message(request_type, seq, message))
-        return seq
-
-    async def request(self, request_type: int, message=None, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-        seq = self.write(request_type, message)
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters[seq] = fut
-        return await asyncio.wait_for(fut, timeout)
-
-    async def login(self) -> None:
-        t, body = await self.request(RequestType.AUTH_REQ, pb.AuthRequest(uid=self.peer.uid, token=self.peer.token))
-        resp = pb.AuthResponse.FromString(body)
-        if t != RequestType.AUTH_RESP or resp.code != 0:
-            raise RuntimeError(f"auth failed for {self.peer.uid}: {resp.code} {resp.message}")
-
-    async def refill_ids(self) -> None:
-        t, body = await self.request(RequestType.ID_BATCH_REQ, pb.IdBatchRequest(count=1000))
-        self.ids.extend(pb.IdBatchResponse.FromString(body).ids)
-
-    def _encode_sends(self, count: int, padding: bytes, out: list[bytes]) -> int:
-        count = min(count, len(self.ids))
-        if count <= 0:
-            return 0
-        peer = self.peer
-        kind = pb.GROUP if peer.group else pb.SINGLE
-        for _ in range(count):
-            req = pb.SendRequest()
-            req.message_id = self.ids.pop()
-            req.type = kind
-            req.to = peer.to
-            req.content = STAMP.pack(time.time_ns()) + padding
-            out.append(encode_frame(RequestType.SEND_REQ, next(self.seq), req.SerializeToString()))
-        self.in_flight += count
-        return count
-
-    def send_frames(self, count: int, padding: bytes) -> int:
-        """Writes up to count SEND_REQ frames in one write; returns how many."""
-        if self.transport is None or self.closed:
-            return 0
-        out: list[bytes] = []
-        sent = self._encode_sends(count, padding, out)
-        if out:
-            self.transport.write(b"".join(out))
-        return sent
-
-    def flush_acks(self) -> None:
-        if self.to_ack and self.transport is not None and not self.closed:
-            ids, self.to_ack = self.to_ack, []
-            self.transport.write(encode_message(RequestType.PUSH_ACK, 0, pb.PushAck(message_ids=ids)))
-
-
-async def _open(job_host: str, port: int, peer: Peer, tally: Tally, measuring: list[bool], local_addr: str | None) -> BenchConn:
-    loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(
-        lambda: BenchConn(peer, tally, measuring), job_host, port, local_addr=(local_addr, 0) if local_addr else None
-    )
-    return conn
-
-
-async def run_throughput(job: ThroughputJob, ready, go, start_at) -> Tally:  # type: ignore[no-untyped-def]
+async def run_throughput(job: ThroughputJob, ready, go, start_at, progress=None) -> Tally:  # type: ignore[no-untyped-def]
+    """`progress`: a shared array (sent, delivered, errors) this process keeps current, read by
+    the parent to show progress while the load runs."""
     tally = Tally()
     measuring = [False]
     conns = []
     if job.ws_path:
-        from im_runtime.bench.wsconn import open_ws
-
         def opener(p: Peer):  # type: ignore[no-untyped-def]
             return open_ws(job.host, job.port, job.ws_path, p, tally, measuring, job.local_addr)
     else:
 
         def opener(p: Peer):  # type: ignore[no-untyped-def]
-            return _open(job.host, job.port, p, tally, measuring, job.local_addr)
+            return open_tcp(job.host, job.port, p, tally, measuring, job.local_addr)
 
     for i in range(0, len(job.peers), 100):
         conns += await asyncio.gather(*(opener(p) for p in job.peers[i : i + 100]))
@@ -253,10 +71,14 @@ async def run_throughput(job: ThroughputJob, ready, go, start_at) -> Tally:  # t
             tally.sent += c.send_frames(job.window, padding)
     rate = job.rate_per_client * len(conns)
     next_conn = 0
+    next_report = 0.0
     while True:
         now = time.monotonic()
         if now >= end:
             break
+        if progress is not None and now >= next_report:
+            next_report = now + 0.25
+            progress[0], progress[1], progress[2] = tally.sent, tally.delivered, tally.errors
         if rate > 0:
             # Open loop: one schedule for the process, spread round-robin over the clients.
             due = int((now - t0) * rate) - tally.sent
@@ -294,13 +116,13 @@ async def run_throughput(job: ThroughputJob, ready, go, start_at) -> Tally:  # t
     return tally
 
 
-def throughput_process(job: ThroughputJob, ready, go, start_at, results) -> None:  # type: ignore[no-untyped-def]
-    _run(_throughput_main(job, ready, go, start_at, results))
+def throughput_process(job: ThroughputJob, ready, go, start_at, results, progress=None) -> None:  # type: ignore[no-untyped-def]
+    _run(_throughput_main(job, ready, go, start_at, results, progress))
 
 
-async def _throughput_main(job, ready, go, start_at, results) -> None:  # type: ignore[no-untyped-def]
+async def _throughput_main(job, ready, go, start_at, results, progress=None) -> None:  # type: ignore[no-untyped-def]
     try:
-        tally = await run_throughput(job, ready, go, start_at)
+        tally = await run_throughput(job, ready, go, start_at, progress)
         results.put(("ok", tally.sent, tally.acked, tally.delivered, tally.errors, tally.notifies, tally.latencies_ms.tobytes()))
     except Exception as exc:  # reported to the parent, which fails loudly
         ready.set()
@@ -327,7 +149,7 @@ async def run_connections(job: ConnectionsJob, ready, stop, results) -> None:  #
             batch = job.peers[i : i + 200]
             opened = await asyncio.gather(
                 *(
-                    _open(job.host, job.port, p, tally, measuring, job.local_addrs[(i + k) % len(job.local_addrs)])
+                    open_tcp(job.host, job.port, p, tally, measuring, job.local_addrs[(i + k) % len(job.local_addrs)])
                     for k, p in enumerate(batch)
                 ),
                 return_exceptions=True,
@@ -338,8 +160,6 @@ async def run_connections(job: ConnectionsJob, ready, stop, results) -> None:  #
             failed += sum(1 for r in logins if isinstance(r, Exception))
             conns += good
     else:
-        from im_runtime.bench.wsconn import open_ws_connections
-
         conns, failed = await open_ws_connections(job)
     results.put(("ready", len(conns) - 0, failed))
     ready.set()

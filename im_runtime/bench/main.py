@@ -16,7 +16,8 @@ import time
 import urllib.request
 from typing import Any
 
-from im_runtime.bench.loadgen import ConnectionsJob, Peer, ThroughputJob, connections_process, throughput_process
+from im_runtime.bench.conn import Peer
+from im_runtime.bench.loadgen import ConnectionsJob, ThroughputJob, connections_process, throughput_process
 from im_runtime.bench.stackproc import StackProcess, cpu_seconds, rss_kib, start_stack
 
 
@@ -144,7 +145,7 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         ctx = mp.get_context("fork")
         ready_events, results = [], ctx.Queue()
         go, start_at = ctx.Event(), ctx.Value("d", 0.0)
-        procs = []
+        procs, progress = [], []
         per_client = args.rate / len(peers) if args.rate > 0 else 0.0
         for k in range(args.procs):
             share = peers[k :: args.procs]
@@ -155,7 +156,9 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
             )
             ready = ctx.Event()
             ready_events.append(ready)
-            p = ctx.Process(target=throughput_process, args=(job, ready, go, start_at, results), daemon=True)
+            counts = ctx.Array("q", 3, lock=False)  # sent, delivered, errors (see run_throughput)
+            progress.append(counts)
+            p = ctx.Process(target=throughput_process, args=(job, ready, go, start_at, results, counts), daemon=True)
             p.start()
             procs.append(p)
         deadline = time.monotonic() + 120
@@ -166,9 +169,16 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         start_at.value = time.time() + 0.5
         go.set()
         _progress(f"bench: {len(peers)} clients in {args.procs} processes, {args.duration:.0f} s of load")
+        time.sleep(max(0.0, start_at.value - time.time()))
+        last = (0, 0)
         for s in range(int(args.duration)):
             time.sleep(1)
-            _progress(f"bench: {s + 1}/{int(args.duration)} s")
+            sent, delivered, errs = (sum(c[i] for c in progress) for i in range(3))
+            _progress(
+                f"bench: {s + 1}/{int(args.duration)} s  sent {sent - last[0]:,}/s  delivered {delivered - last[1]:,}/s"
+                f"  (so far {delivered:,} delivered, {errs} errors)"
+            )
+            last = (sent, delivered)
         outcomes = [results.get(timeout=args.duration + 60) for _ in procs]
         cpu1 = cpu_seconds(target.pid) if target.pid else None
         rss = rss_kib(target.pid) if target.pid else None

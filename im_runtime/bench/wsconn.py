@@ -7,7 +7,7 @@ import base64
 import os
 import struct
 
-from im_runtime.bench.loadgen import BenchConn, Peer, Tally
+from im_runtime.bench.conn import BenchConn, Peer, Tally
 from im_runtime.protocol.frame import HEADER
 
 try:

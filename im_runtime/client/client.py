@@ -99,7 +99,10 @@ class ImClient:
         self.notices: asyncio.Queue[tuple[int, ProtoMessage | None]] = asyncio.Queue()  # KICK, PULL_NOTIFY, ERROR
         self.timeline = Timeline(uid)
         self.connected = asyncio.Event()
-        self.reconnects = 0
+        self.reconnects = 0  # successful reconnects
+        self.reconnect_attempts = 0  # connection attempts after a loss (refused ones too)
+        self.duplicates = 0  # pushed or pulled messages this client had already received
+        self._lost: tuple[str, int] | None = None  # the address of the connection just lost
         self._conn: ClientConnection | None = None
         self._ids: list[int] = []
         self._id_lock = asyncio.Lock()
@@ -135,8 +138,11 @@ class ImClient:
             try:
                 # off the event loop: the app's loop must never block on HTTP
                 nodes = (await asyncio.to_thread(fetch_iplist, self.http_url)).get("tcp", [])
-                if nodes:
-                    return nodes[0]["host"], int(nodes[0]["port"])
+                # Not back to the node that just dropped us while ipList offers another: it may
+                # be dead and still listed for a moment (the server drops it within a second).
+                others = [n for n in nodes if (n["host"], int(n["port"])) != self._lost]
+                for node in others or nodes:
+                    return node["host"], int(node["port"])
             except OSError as exc:
                 log.warning("ipList unavailable", extra={"error": str(exc)})
         return self.host, self.port
@@ -158,6 +164,7 @@ class ImClient:
             raise AuthFailed(f"{resp.code} {resp.message}")
         self.host, self.port = host, port
         self._conn = conn
+        self._lost = None
         self.connected.set()
         await self.pull_offline()  # S9/S15: whatever waited while we were away
 
@@ -169,10 +176,12 @@ class ImClient:
             self.connected.clear()
             if self._closing or not self.auto_reconnect:
                 return
+            self._lost = (self.host, self.port)
             for attempt in range(1_000_000):
                 if self._closing:
                     return
                 await asyncio.sleep(self.retry.delay(min(attempt, 6)) + 0.05)
+                self.reconnect_attempts += 1
                 try:
                     await self._connect_once()
                     self.reconnects += 1
@@ -224,6 +233,8 @@ class ImClient:
     def _on_event(self, request_type: int, message: ProtoMessage | None) -> None:
         if request_type == RequestType.PUSH:
             assert isinstance(message, pb.Message)
+            if self.timeline.seen(message.message_id):
+                self.duplicates += 1
             # Acked on receipt: from here the SDK holds it (a held message waits for its gap).
             self._deliver(self.timeline.offer(message, time.monotonic()))
             self._ack(message.message_id)
@@ -282,6 +293,8 @@ class ImClient:
             now = time.monotonic()
             ids = []
             for message in resp.messages:
+                if self.timeline.seen(message.message_id):
+                    self.duplicates += 1
                 self._deliver(self.timeline.offer(message, now))
                 ids.append(message.message_id)
             if ids:

@@ -4,8 +4,9 @@ The server assigns each conversation's seq, but pushes of one conversation may a
 of order (concurrent sends, failover). `Timeline.offer(message)` returns what can now be handed
 to the application, in seq order:
 - a message whose predecessors are missing waits; `gaps()` names the ranges to fetch from
-  history, again and again with backoff, and `expire()` gives a gap up after a while (a seq
-  whose send failed is never filled) and delivers what waited, in order;
+  history, again and again with backoff, and `expire()` gives a gap up after a while and
+  delivers what waited, in order (a fallback: the server marks every seq that will never
+  carry a message, and history returns those gap markers, which `offer` skips at once);
 - in a conversation seen for the first time, a first message with seq > 1 waits briefly
   (`settle()`), so that messages sent at the same moment are still put in order;
 - ids seen are remembered (bounded), so a message that arrives twice (push + offline pull, a
@@ -20,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from im_runtime.proto import imstack_pb2 as pb
+
+GAP_CONTENT_TYPE = -1  # protocol.types.GAP_CONTENT_TYPE (the SDK reads the protocol page only)
 
 SEEN_IDS_LIMIT = 50_000
 MAX_FILL_BACKOFF = 8  # history fills of one gap back off up to 2**8 x the first wait
@@ -40,6 +43,9 @@ class Timeline:
         self.uid = uid
         self._conversations: dict[str, _Conversation] = {}
         self._seen: OrderedDict[int, None] = OrderedDict()
+        self.repeats = 0  # messages offered again (push + pull, a re-push): handed over once
+        self.gaps_skipped = 0  # gap markers seen (history)
+        self.gaps_given_up = 0  # gaps skipped by expire(): waited for and never filled
 
     def _conv(self, conversation_id: str) -> _Conversation:
         conv = self._conversations.get(conversation_id)
@@ -83,7 +89,12 @@ class Timeline:
 
     def offer(self, message: pb.Message, now: float) -> list[pb.Message]:
         conv = self._conv(message.conversation_id)
+        if message.gap or (message.content_type == GAP_CONTENT_TYPE and message.message_id == 0):
+            # a gap marker (history): the seq carries no message and never will; skip it now
+            self.gaps_skipped += 1
+            return self._slot(conv, message.seq, now)
         if message.message_id in self._seen:
+            self.repeats += 1
             if conv.watermark is not None and message.seq > conv.watermark and message.seq not in conv.held:
                 return self._slot(conv, message.seq, now)  # delivered before: only its slot matters
             return []
@@ -150,6 +161,7 @@ class Timeline:
         out: list[pb.Message] = []
         for conversation_id, conv in self._conversations.items():
             if conv.watermark is not None and conv.held and conv.since is not None and now - conv.since >= after:
+                self.gaps_given_up += 1
                 out += self.skip_gap(conversation_id, now)
         return out
 

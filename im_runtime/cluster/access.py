@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+from typing import Callable, Iterable
 
 from google.protobuf.message import Message as ProtoMessage
 from prometheus_client import Gauge
@@ -63,6 +64,30 @@ class DispatchLinks:
         self._wanted: dict[str, tuple[str, int]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.seen_dispatch = asyncio.Event()
+        self.on_rebind: Callable[[str], object] | None = None  # REBIND from a dispatch node
+        self._changed: set[str] = set()
+        self._changed_all = False
+        self._flush_scheduled = False
+
+    def sessions_changed(self, uids: Iterable[str] = (), *, everything: bool = False) -> None:
+        """Tells every dispatch node these users' sessions changed here (SESSION_CHANGED,
+        cluster/presence.py), once per loop turn for all the users of that turn."""
+        self._changed.update(uids)
+        self._changed_all |= everything
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_changed)
+
+    def _flush_changed(self) -> None:
+        self._flush_scheduled = False
+        uids, self._changed = sorted(self._changed), set()
+        everything, self._changed_all = self._changed_all, False
+        body = pb.SessionChanged(uids=[] if everything else uids, all=everything).SerializeToString()
+        for link in list(self.links.values()):
+            try:
+                link.send(RequestType.SESSION_CHANGED, body)
+            except LinkClosed:
+                pass  # a link that (re)registers has the dispatch node drop its whole cache
 
     def update(self, dispatch: dict[str, dict]) -> None:
         """ZooKeeper's current dispatch children (called on the loop)."""
@@ -95,7 +120,7 @@ class DispatchLinks:
             link: ClientLink | None = None
             try:
                 _, link = await asyncio.wait_for(
-                    loop.create_connection(lambda: ClientLink(nid, self.node.deliver_now), *addr), 5
+                    loop.create_connection(lambda: ClientLink(nid, self.node.deliver_now, self._rebind), *addr), 5
                 )
                 await link.call(RequestType.LINK_REGISTER, self.register, timeout=5)
                 self.links[nid] = link
@@ -138,6 +163,10 @@ class DispatchLinks:
             except LinkClosed:
                 return
 
+    def _rebind(self, epoch: str) -> None:
+        if self.on_rebind is not None:
+            self.on_rebind(epoch)
+
     def complete(self) -> bool:
         """Linked to every dispatch node ZooKeeper lists (and at least one): until then this
         node's ring may pick a different owner for a group than the other access nodes do."""
@@ -156,6 +185,18 @@ class RemoteUpstream(RouteSessions):
     def __init__(self, route: RouteClient, links: DispatchLinks, node_id: str) -> None:
         super().__init__(route, node_id)
         self.links = links
+
+    async def authenticate(self, req: pb.AuthRequest, *, conn_id: int) -> pb.AuthResponse:
+        resp = await super().authenticate(req, conn_id=conn_id)
+        if resp.code == 0:  # bound in the session table: dispatch nodes must look it up again
+            self.links.sessions_changed((req.uid,))
+        return resp
+
+    async def disconnected(self, uid: str, conn_id: int) -> None:
+        try:
+            await super().disconnected(uid, conn_id)
+        finally:
+            self.links.sessions_changed((uid,))
 
     async def request(
         self, uid: str, device_id: str, conn_id: int, request_type: int, message: ProtoMessage | None, body: bytes
@@ -218,15 +259,19 @@ class AccessRole:
             self.gateway = TcpGateway(self.node, s.host, s.tcp_port, ssl_context=ssl_ctx, max_body=s.max_body)
         self.links = DispatchLinks(self.node, node_id=s.node_id, host=s.advertise_host, port=0, kind=self.kind)
         self.node.upstream = RemoteUpstream(self.route, self.links, s.node_id)
+        self.links.on_rebind = self._rebind
+        self._rebound: str | None = None
+        self._rebinding: asyncio.Task[None] | None = None
         self.node.reconnect_target = self._reconnect_target
         self.node.start()
         self.zk.watch_children(self.zk.path("dispatch"), self.links.update)
         await self.gateway.start()
+        # the probe port before the registration: route probes it (cluster/liveness.py)
+        self.probes, self.metrics_port = await serve_probes(s.host, s.metrics_port, self._ready)
         self.path = self.zk.path("access", self.kind, s.node_id)
         await self.zk.register(self.path, self._registration())
         self.zk.watch_data(self.zk.path("drain", s.node_id), self._drain_requested)
         self.zk.on_recovered = self._session_recovered
-        self.probes, self.metrics_port = await serve_probes(s.host, s.metrics_port, self._ready)
         self._publisher = asyncio.get_running_loop().create_task(self._publish())
         log.info("access node up", extra={"node_id": s.node_id, "kind": self.kind, "port": self.gateway.port})
 
@@ -239,6 +284,7 @@ class AccessRole:
             "node_id": s.node_id,
             "host": s.advertise_host,
             "port": self.gateway.port,
+            "probe_port": self.metrics_port,
             "kind": self.kind,
             "connections": self.node.count(self.kind),
             "draining": self.node.draining,
@@ -277,6 +323,34 @@ class AccessRole:
             conn.kick(503, "reconnect: session table was reset", *target, reason="zk-session")
             if i % 50 == 49:
                 await asyncio.sleep(0.1)
+
+    def _rebind(self, epoch: str) -> None:
+        """REBIND: Redis lost the session table (every dispatch node that noticed says so; once
+        per epoch is enough). The connections are bound again, then the dispatch nodes are told
+        (SESSION_CHANGED all): they drop their cached lookups and send PULL_NOTIFY to the users
+        whose pushes found no session meanwhile."""
+        if epoch == self._rebound:
+            return
+        self._rebound = epoch
+        if self._rebinding is not None:
+            self._rebinding.cancel()
+        self._rebinding = asyncio.get_running_loop().create_task(self._rebind_all(epoch))
+
+    async def _rebind_all(self, epoch: str) -> None:
+        conns = [c for c in list(self.node.connections.values()) if c.uid is not None]
+        log.warning("the session table was lost: binding again", extra={"epoch": epoch, "connections": len(conns)})
+        for attempt in range(20):
+            try:
+                for i in range(0, len(conns), 1000):
+                    batch = [(c.uid, c.conn_id, c.device_id) for c in conns[i : i + 1000] if c.uid is not None]
+                    await self.route.rebind(self.settings.node_id, batch)
+                break
+            except Exception:
+                log.warning("rebind failed; retrying", exc_info=True)
+                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        # the dispatch nodes drop their cached lookups, and notify the users whose pushes found
+        # no session meanwhile (their messages wait in the offline queues)
+        self.links.sessions_changed(everything=True)
 
     def _drain_requested(self, data: dict | None) -> None:
         if data is None or self._draining_task is not None:

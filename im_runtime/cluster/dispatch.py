@@ -4,9 +4,12 @@ access links, pushing through a ClusterPusher.
 - registration (S1): `<root>/dispatch/<node_id>` with the link address.
 - snowflake worker id (S17): an ephemeral sequential znode under `<root>/workers` (mod 1024,
   unique among live nodes); `IMSTACK_ID_MODE=segment` uses Mongo id segments instead.
-- pushes: route Lookup(uids) -> access node ids -> one DELIVER per access node on the link it
-  opened to us. A user with no session needs nothing: the offline store already has the
-  message (S10), and so does a user whose access node has no link to us right now.
+- pushes: the receivers' access nodes from the SessionCache (cluster/presence.py; a miss reads
+  the session store in Redis, no route round trip), then one DELIVER per access node on the
+  link it opened to us. A user with no session needs nothing: the offline store already has
+  the message (S10), and so does a user whose access node has no link to us right now.
+- the session table's epoch (SessionStore.epoch) is checked every second: when Redis lost it,
+  every access node is told (REBIND) to bind its connections again.
 """
 from __future__ import annotations
 
@@ -14,11 +17,11 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 
 from google.protobuf.message import DecodeError
 
-from im_runtime.cluster.links import LinkServer, deliver_body
+from im_runtime.cluster.links import LinkServer, ServerLink, deliver_body
+from im_runtime.cluster.presence import SessionCache
 from im_runtime.cluster.probes import serve_probes
 from im_runtime.cluster.zk import ZkRegistry
 from im_runtime.config import Settings
@@ -26,86 +29,121 @@ from im_runtime.dispatch.service import DispatchService
 from im_runtime.idgen.segment import SegmentGenerator
 from im_runtime.idgen.snowflake import SnowflakeGenerator
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.protocol.frame import decode_body, encode_frame
+from im_runtime.protocol.frame import decode_body, encode_frame, encode_message
 from im_runtime.protocol.types import ErrorCode, RequestType
-from im_runtime.route.grpc_client import RouteClient
+from im_runtime.storage.interfaces import SessionStore
 
 log = logging.getLogger(__name__)
 
 
 MAX_LINK_BUFFER = 64 << 20
+EPOCH_CHECK_S = 1.0
 
 
 class ClusterPusher:
-    """Pushes to the access nodes holding the receivers' sessions, in call order.
+    """Pushes to the access nodes holding the receivers' sessions.
 
     The service calls deliver() after the message is persisted and in every receiver's offline
-    queue (S10). deliver() only queues the push, so no send waits on a route round trip; one
-    worker takes the queue in batches, asks route once per batch (Lookup), and writes DELIVER
-    frames in the order the pushes were queued (concurrent sends of one conversation may be
-    queued out of seq order; clients order by seq, S12). If route cannot answer, the batch's
-    pushes are dropped: the messages wait offline and the clients pull them (S15).
+    queue (S10). A receiver whose access nodes the cache knows is pushed to at once (the
+    DELIVER frames leave with this loop turn's link writes); the others wait while one worker
+    reads their sessions from the store, many users per read, and are pushed to in the order
+    their pushes came (a user whose lookup is pending queues behind it, so one user's pushes
+    keep their order; concurrent sends of one conversation may be queued out of seq order,
+    clients order by seq, S12). If the store cannot answer, those pushes are dropped: the
+    messages wait offline and the clients pull them (S15)."""
 
-    The worker lingers LINGER_S after the first push of a batch: a Lookup costs route a few
-    hundred microseconds of CPU however many uids it names, so at a few thousand sends/s
-    batches of one or two made route lookups a large share of the cluster's CPU per message."""
+    MAX_BATCH = 1000
+    MAX_WAITING = 50_000  # users waiting for a lookup; past it pushes are dropped (they wait offline)
+    UNREACHED_S = 10.0  # how long a push that found no session is remembered (see renotify)
+    MAX_UNREACHED = 10_000
 
-    MAX_BATCH = 500
-    MAX_QUEUED = 50_000
-    LINGER_S = 0.004
-
-    def __init__(self, route: RouteClient, links: LinkServer) -> None:
-        self.route = route
+    def __init__(self, sessions: SessionStore, links: LinkServer, cache: SessionCache) -> None:
+        self.sessions = sessions
         self.links = links
-        self._queue: deque[tuple[list[str], bytes]] = deque()
-        self._wake = asyncio.Event()
+        self.cache = cache
+        self._waiting: dict[str, list[bytes]] = {}  # uid -> frames waiting for its lookup, in order
+        self._unasked: list[str] = []
         self._worker: asyncio.Task[None] | None = None
+        self._unreached: dict[str, float] = {}  # uid -> when a push to it last found no session
         self.lookups = 0
         self.dropped = 0
 
     async def deliver(self, uids: list[str], frame: bytes) -> None:
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run())
-        for _ in range(500):  # backpressure, bounded: a stuck route must not stall sends
-            if len(self._queue) < self.MAX_QUEUED:
-                break
-            await asyncio.sleep(0.01)
-        self._queue.append((uids, frame))
-        self._wake.set()
-
-    async def _run(self) -> None:
-        queue = self._queue
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if len(queue) < self.MAX_BATCH:
-                await asyncio.sleep(self.LINGER_S)
-            while queue:
-                batch = [queue.popleft() for _ in range(min(self.MAX_BATCH, len(queue)))]
-                try:
-                    self.lookups += 1
-                    nodes = await self.route.lookup({u for uids, _ in batch for u in uids})
-                except Exception:
-                    log.warning("route lookup failed; %d pushes wait offline", len(batch), exc_info=True)
-                    continue
-                for uids, frame in batch:
-                    self._write(uids, frame, nodes)
-
-    def _write(self, uids: list[str], frame: bytes, nodes: dict[str, list[str]]) -> None:
-        by_node: dict[str, list[str]] = {}
+        cache, waiting = self.cache, self._waiting
+        by_node: dict[str, list[str]] | None = None
         for uid in uids:
-            for node in nodes.get(uid, ()):
-                by_node.setdefault(node, []).append(uid)
-        for node, node_uids in by_node.items():
-            link = self.links.links.get(node)
-            if link is None or not link.is_open:
-                continue  # S9: the message waits offline; the client pulls it on reconnect
-            if link.buffered() > MAX_LINK_BUFFER:
-                # STYLE 5: an access node that does not read must not grow our memory; the
-                # message waits offline and its receivers pull it.
-                self.dropped += 1
+            queued = waiting.get(uid)
+            if queued is not None:
+                queued.append(frame)
                 continue
-            link.write(encode_frame(RequestType.DELIVER, 0, deliver_body(node_uids, frame)))
+            nodes = cache.get(uid)
+            if nodes is None:
+                if len(waiting) >= self.MAX_WAITING:
+                    self.dropped += 1
+                    continue
+                waiting[uid] = [frame]
+                self._unasked.append(uid)
+                continue
+            for node in nodes:
+                if by_node is None:
+                    by_node = {}
+                by_node.setdefault(node, []).append(uid)
+        if by_node:
+            for node, node_uids in by_node.items():
+                self._write(node, node_uids, frame)
+        if self._unasked and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.get_running_loop().create_task(self._look_up())
+
+    async def _look_up(self) -> None:
+        while self._unasked:
+            batch, self._unasked = self._unasked[: self.MAX_BATCH], self._unasked[self.MAX_BATCH :]
+            started = self.cache.lookup_started()
+            found: dict[str, list[str]] = {}
+            try:
+                self.lookups += 1
+                found = await self.sessions.lookup(batch)
+                ok = True
+            except Exception:
+                log.warning("session lookup failed; %d users' pushes wait offline", len(batch), exc_info=True)
+                ok = False
+            self.cache.lookup_done(started, batch if ok else (), found)
+            groups: dict[tuple[int, str], tuple[bytes, list[str]]] = {}
+            now = time.monotonic()
+            for uid in batch:
+                frames = self._waiting.pop(uid, ())
+                if ok and uid not in found and len(self._unreached) < self.MAX_UNREACHED:
+                    self._unreached[uid] = now
+                for node in found.get(uid, ()):
+                    for frame in frames:
+                        group = groups.get((id(frame), node))
+                        if group is None:
+                            groups[(id(frame), node)] = (frame, [uid])
+                        else:
+                            group[1].append(uid)
+            for (_, node), (frame, node_uids) in groups.items():
+                self._write(node, node_uids, frame)
+
+    async def renotify(self) -> None:
+        """After the session table was lost and bound again: users whose pushes found no
+        session in the last UNREACHED_S seconds (offline users, and online ones the lost table
+        did not know) get a PULL_NOTIFY if they have a session now, so they pull what waited
+        offline. (An empty conversation id: pull the offline queue.)"""
+        horizon = time.monotonic() - self.UNREACHED_S
+        uids = [uid for uid, at in self._unreached.items() if at >= horizon]
+        self._unreached.clear()
+        if uids:
+            await self.deliver(uids, encode_message(RequestType.PULL_NOTIFY, 0, pb.PullNotify()))
+
+    def _write(self, node: str, uids: list[str], frame: bytes) -> None:
+        link = self.links.links.get(node)
+        if link is None or not link.is_open:
+            return  # S9: the message waits offline; the client pulls it on reconnect
+        if link.buffered() > MAX_LINK_BUFFER:
+            # STYLE 5: an access node that does not read must not grow our memory; the
+            # message waits offline and its receivers pull it.
+            self.dropped += 1
+            return
+        link.write(encode_frame(RequestType.DELIVER, 0, deliver_body(uids, frame)))
 
     def close(self) -> None:
         if self._worker is not None:
@@ -135,10 +173,11 @@ class DispatchRole:
         else:
             self.worker_id = await self.zk.worker_id()
             ids = SnowflakeGenerator(self.worker_id)
-        self.route = RouteClient(s.route_grpc)
-        self.links = LinkServer(self.handle)
-        self.pusher = ClusterPusher(self.route, self.links)
+        self.cache = SessionCache()
+        self.links = LinkServer(self.handle, on_registered=self._linked, on_sessions_changed=self._sessions_changed)
+        self.pusher = ClusterPusher(self.stores.sessions, self.links, self.cache)
         self.service = DispatchService(self.stores, ids, self.pusher)
+        self.epoch = await self.stores.sessions.epoch()
         await self.links.start(s.host, s.link_port)
         self.path = self.zk.path("dispatch", s.node_id)
         await self.zk.register(
@@ -153,19 +192,42 @@ class DispatchRole:
     def _ready(self) -> dict[str, bool]:
         return {"zookeeper": self.zk.connected, "stores": self.stores_ok}
 
+    def _linked(self, link: ServerLink) -> None:
+        # The access node may have seen sessions change while it was not linked to us: its
+        # SESSION_CHANGED frames of that time never came (cluster/presence.py).
+        self.cache.clear()
+
+    def _sessions_changed(self, uids: list[str], everything: bool) -> None:
+        if everything:  # an access node bound its connections again (REBIND)
+            self.cache.clear()
+            asyncio.get_running_loop().create_task(self.pusher.renotify())
+        else:
+            self.cache.invalidate(uids)
+
     async def _check_stores(self) -> None:
-        """Readiness: one Redis and one MongoDB point read every 2 s, each bounded. (Not a
-        seq or message query: on FerretDB those can scan the whole messages collection.)"""
+        """Readiness: one Redis and one MongoDB point read, each bounded, every 2 s (not a seq
+        or message query: on FerretDB those can scan the whole messages collection); and the
+        session table's epoch every second: when Redis lost the table (restart without
+        persistence, FLUSHALL) the cache is dropped and every access node rebinds."""
+        checks = 0
         while True:
             try:
-                await asyncio.wait_for(self.stores.offline.backlog("_ready"), 2)
-                await asyncio.wait_for(self.stores.groups.members("_ready"), 2)
+                epoch = await asyncio.wait_for(self.stores.sessions.epoch(), 2)
+                if epoch != self.epoch:
+                    log.warning("the session table was lost: access nodes rebind", extra={"epoch": epoch})
+                    self.epoch = epoch
+                    self.cache.clear()
+                    self.links.broadcast(encode_message(RequestType.REBIND, 0, pb.Rebind(epoch=epoch)))
+                if checks % 2 == 0:
+                    await asyncio.wait_for(self.stores.offline.backlog("_ready"), 2)
+                    await asyncio.wait_for(self.stores.groups.members("_ready"), 2)
                 self.stores_ok = True
             except Exception:
                 if self.stores_ok:
                     log.warning("stores not answering", exc_info=True)
                 self.stores_ok = False
-            await asyncio.sleep(2)
+            checks += 1
+            await asyncio.sleep(EPOCH_CHECK_S)
 
     async def handle(self, fwd: pb.Forward) -> tuple[int, bytes] | None:
         try:
@@ -191,6 +253,5 @@ class DispatchRole:
             log.warning("could not leave zookeeper", exc_info=True)
         await self.links.close()
         await self.zk.stop()
-        await self.route.close()
         await self.stores.close()
         await self.probes.cleanup()

@@ -4,8 +4,10 @@ The access node opens one link to every dispatch node it sees in ZooKeeper and r
 (LINK_REGISTER -> LINK_REGISTER_ACK); it sends LINK_HEARTBEAT every 5 s; either side closes a
 link that received nothing for 30 s. Over a link travel FORWARD (one authenticated client
 request; the header sequence is a link-level correlation id) answered by FORWARD_RESP with the
-same sequence, and DELIVER (dispatch -> access: one PUSH / PULL_NOTIFY body for the local
-connections of some uids).
+same sequence, DELIVER (dispatch -> access: one PUSH / PULL_NOTIFY body for the local
+connections of some uids), SESSION_CHANGED (access -> dispatch: these users connected or
+disconnected here; cluster/presence.py) and REBIND (dispatch -> access: Redis lost the session
+table, bind your connections again).
 
 Both ends are `asyncio.Protocol`s around the sans-I/O `FrameDecoder`. A link that dies fails
 its in-flight requests at once with UNAVAILABLE, so the client SDK retries with the same
@@ -125,6 +127,10 @@ class ServerLink(_LinkProtocol):
             self.loop.create_task(self._forward(frame.sequence, fwd))
         elif t == RequestType.LINK_HEARTBEAT:
             self.write(encode_frame(RequestType.LINK_HEARTBEAT_RESP, frame.sequence))
+        elif t == RequestType.SESSION_CHANGED:
+            changed = pb.SessionChanged()
+            changed.ParseFromString(frame.body)
+            self.server.sessions_changed(list(changed.uids), changed.all)
         elif t == RequestType.LINK_REGISTER:
             reg = pb.LinkRegister()
             reg.ParseFromString(frame.body)
@@ -151,11 +157,20 @@ class ServerLink(_LinkProtocol):
 
 
 class LinkServer:
-    """Accepts access links on the dispatch node; keeps them by access node id (S2)."""
+    """Accepts access links on the dispatch node; keeps them by access node id (S2).
 
-    def __init__(self, handle: Callable[[pb.Forward], "asyncio.Future"], *, idle_s: float = IDLE_S) -> None:
+    `on_registered(link)`: an access node (re)linked; `on_sessions_changed(uids, all)`: an access
+    node says these users' sessions changed (SESSION_CHANGED; cluster/presence.py)."""
+
+    def __init__(
+        self, handle: Callable[[pb.Forward], "asyncio.Future"], *, idle_s: float = IDLE_S,
+        on_registered: Callable[["ServerLink"], None] | None = None,
+        on_sessions_changed: Callable[[list[str], bool], None] | None = None,
+    ) -> None:
         self.handle = handle
         self.idle_s = idle_s
+        self.on_registered = on_registered
+        self.on_sessions_changed = on_sessions_changed
         self.links: dict[str, ServerLink] = {}
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -174,6 +189,21 @@ class LinkServer:
             old.close()  # the access node reconnected: the newer link wins
         self.links[link.node_id] = link  # type: ignore[index]
         log.info("access node linked", extra={"node_id": link.node_id, "kind": link.kind})
+        if self.on_registered is not None:
+            self.on_registered(link)
+
+    def sessions_changed(self, uids: list[str], everything: bool) -> None:
+        if self.on_sessions_changed is not None:
+            self.on_sessions_changed(uids, everything)
+
+    def broadcast(self, frame: bytes) -> int:
+        """Writes one frame on every open link; returns how many."""
+        sent = 0
+        for link in list(self.links.values()):
+            if link.is_open:
+                link.write(frame)
+                sent += 1
+        return sent
 
     def lost(self, link: ServerLink) -> None:
         if link.node_id is not None and self.links.get(link.node_id) is link:
@@ -205,10 +235,14 @@ class LinkServer:
 class ClientLink(_LinkProtocol):
     """The access node's link to one dispatch node."""
 
-    def __init__(self, dispatch_id: str, on_deliver: Callable[[list[str], bytes], object]) -> None:
+    def __init__(
+        self, dispatch_id: str, on_deliver: Callable[[list[str], bytes], object],
+        on_rebind: Callable[[str], object] | None = None,
+    ) -> None:
         super().__init__()
         self.dispatch_id = dispatch_id
         self.on_deliver = on_deliver
+        self.on_rebind = on_rebind
         self.waiting: dict[int, asyncio.Future[Frame]] = {}
         self._seq = itertools.count(1)
 
@@ -224,6 +258,10 @@ class ClientLink(_LinkProtocol):
             d = pb.Deliver()
             d.ParseFromString(frame.body)
             self.on_deliver(list(d.uids), encode_frame(d.request_type, 0, d.body))
+            return
+        if t == RequestType.REBIND:
+            if self.on_rebind is not None:
+                self.on_rebind(pb.Rebind.FromString(frame.body).epoch)
             return
         future = self.waiting.pop(frame.sequence, None)
         if future is not None and not future.done():

@@ -2,8 +2,10 @@
 session table in Redis.
 
 - ipList (S4, S16): the access registrations in ZooKeeper with their published connection
-  counts, least loaded first, never a draining node or one with a drain znode. Read at most
-  once a second (cached), so a burst of ipList calls costs ZooKeeper nothing.
+  counts, least loaded first, never a draining node, one with a drain znode, or one that
+  AccessLiveness finds dead (cluster/liveness.py: a killed node leaves ipList at once, not
+  when its ZooKeeper session expires). Read at most once a second (cached; a liveness change
+  drops the cache), so a burst of ipList calls costs ZooKeeper nothing.
 - S9: when an access node's ephemeral znode disappears (the process died and its ZooKeeper
   session expired), its sessions are dropped at once, so pushes stop going to it.
 """
@@ -14,6 +16,7 @@ import os
 import logging
 import time
 
+from im_runtime.cluster.liveness import AccessLiveness
 from im_runtime.cluster.zk import ZkRegistry
 from im_runtime.config import Settings
 from im_runtime.route.grpc_server import start_grpc
@@ -28,9 +31,14 @@ CACHE_S = 1.0
 
 
 class ZkIpList:
-    def __init__(self, zk: ZkRegistry) -> None:
+    def __init__(self, zk: ZkRegistry, liveness: AccessLiveness | None = None) -> None:
         self.zk = zk
+        self.liveness = liveness
         self._cache: tuple[float, list[AccessEndpoint]] = (0.0, [])
+
+    def invalidate(self) -> None:
+        """A node went down or up: the next answer reads ZooKeeper again."""
+        self._cache = (0.0, [])
 
     async def endpoints(self) -> list[AccessEndpoint]:
         at, cached = self._cache
@@ -45,7 +53,8 @@ class ZkIpList:
                         AccessEndpoint(
                             node_id=nid, kind=kind, host=str(d["host"]), port=int(d["port"]),
                             connections=int(d.get("connections", 0)),
-                            draining=bool(d.get("draining")) or nid in drains,
+                            draining=bool(d.get("draining")) or nid in drains
+                            or (self.liveness is not None and not self.liveness.alive(nid)),
                         )
                     )
                 except (KeyError, TypeError, ValueError):
@@ -54,11 +63,20 @@ class ZkIpList:
         return out
 
 
+def _probe_address(registration: dict) -> tuple[str, int] | None:
+    try:
+        port = int(registration["probe_port"])
+        return str(registration["host"]), port
+    except (KeyError, TypeError, ValueError):
+        return None  # an access node that publishes no probe port: not probed
+
+
 class RouteRole:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stopped = asyncio.Event()
         self._access: dict[str, set[str]] = {"tcp": set(), "ws": set()}
+        self._registered: dict[str, dict[str, tuple[str, int] | None]] = {"tcp": {}, "ws": {}}
         self.stale_grace_s = float(os.environ.get("IMSTACK_STALE_NODE_GRACE", "10"))
         self._reconciler: asyncio.Future | None = None
 
@@ -74,7 +92,10 @@ class RouteRole:
         self.signer = TokenSigner(s.token_key.encode())
         self.route = RouteService(self.signer, self.stores.sessions)
         self.grpc, self.grpc_port = await start_grpc(self.route, s.host, s.grpc_port, ready=lambda: self.zk.connected)
-        api = HttpApi(signer=self.signer, admin_key=s.admin_key, stores=self.stores, ips=ZkIpList(self.zk), ready=self._ready)
+        self.ips = ZkIpList(self.zk)
+        self.liveness = AccessLiveness(on_change=self.ips.invalidate)
+        self.ips.liveness = self.liveness
+        api = HttpApi(signer=self.signer, admin_key=s.admin_key, stores=self.stores, ips=self.ips, ready=self._ready)
         self.http = await serve(api.app(), s.host, s.http_port)
         self.http_port = self.http.addresses[0][1] if self.http.addresses else s.http_port
         for kind in ("tcp", "ws"):
@@ -111,6 +132,8 @@ class RouteRole:
         now = set(data)
         gone = self._access[kind] - now
         self._access[kind] = now
+        self._registered[kind] = {nid: _probe_address(d) for nid, d in data.items()}
+        self.liveness.track({nid: a for registered in self._registered.values() for nid, a in registered.items()})
         for node in gone:
             removed = await self.route.drop_node(node)  # S9: its sessions end at once
             log.info("access node gone; sessions dropped", extra={"node_id": node, "sessions": removed})
@@ -121,6 +144,7 @@ class RouteRole:
     async def close(self) -> None:
         if self._reconciler is not None:
             self._reconciler.cancel()
+        await self.liveness.close()
         await self.grpc.stop(grace=2)
         await self.http.cleanup()
         await self.zk.stop()

@@ -56,15 +56,54 @@ async def history(
 
     after_seq only: the oldest `limit` after it (catching up). before_seq (or nothing): the
     newest `limit` below it (scrolling back), still returned ascending.
+
+    Seqs the page should hold but does not are settled first (SendSteps.settle): those that
+    will never carry a message come back as gap markers, so a client skips them at once
+    instead of waiting for them (docs/protocol.md, "Gap markers"); a seq whose send is still
+    in flight stays out (the client asks again).
     """
     limit = min(limit or 50, MAX_PAGE)
     newest_first = before_seq > 0 or after_seq == 0
     messages, has_more = await stores.messages.range(
         conversation_id, after_seq=after_seq, before_seq=before_seq, limit=limit, newest_first=newest_first
     )
+    missing = _missing(messages, after_seq=after_seq, before_seq=before_seq, newest_first=newest_first, has_more=has_more)
+    if missing and await stores.steps.settle(conversation_id, missing):
+        messages, has_more = await stores.messages.range(
+            conversation_id, after_seq=after_seq, before_seq=before_seq, limit=limit, newest_first=newest_first
+        )
     messages = messages[::-1] if newest_first else messages
     messages, trimmed = fit(messages, keep_newest=newest_first)
     return messages, has_more or trimmed
+
+
+MAX_SETTLE = MAX_PAGE  # seqs settled per history read at most (a page cannot show more)
+
+
+def _missing(
+    messages: list[pb.Message], *, after_seq: int, before_seq: int, newest_first: bool, has_more: bool
+) -> list[int]:
+    """Seqs inside the span this page covers that it lacks. The span: from the lowest seq the
+    page reaches (after_seq + 1 when nothing more matched below) to the highest (before_seq - 1
+    when scrolling back). With no upper bound and nothing stored, nothing is known missing;
+    settle also ignores seqs above the conversation's latest."""
+    seqs = [m.seq for m in messages]
+    if newest_first:  # the newest `limit` below before_seq: seqs descending
+        low = after_seq + 1 if not has_more else (seqs[-1] if seqs else before_seq)
+        high = before_seq - 1 if before_seq > 0 else (seqs[0] if seqs else 0)
+    else:  # the oldest `limit` after after_seq: seqs ascending
+        low = after_seq + 1
+        high = seqs[-1] if seqs else 0
+    if high < low:
+        return []
+    have = set(seqs)
+    out = []
+    for seq in range(low, high + 1):
+        if seq not in have:
+            out.append(seq)
+            if len(out) >= MAX_SETTLE:
+                break
+    return out
 
 
 async def members_joined(stores: Stores, group_id: str, members: list[str]) -> None:

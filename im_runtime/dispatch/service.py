@@ -10,8 +10,9 @@ Guarantees and where they come from:
   conversation may leave a node a little out of order).
 - no loss (S15): the message is persisted and written into every receiver's offline queue
   *before* the sender is acked and before the push; the queue entry goes only on PUSH_ACK.
-- idempotent send (S12): (sender, message_id) claimed in the de-dup store; a re-send gets
-  the original ack with code DUPLICATE and is not delivered again.
+- idempotent send (S12): (sender, message_id) claimed together with the seq (SendSteps.begin);
+  a re-send gets the original ack with code DUPLICATE and is not delivered again; a retry of
+  a send whose node died resumes it with the same seq, so seqs stay without holes.
 - pull notification (S11): a receiver with more than `notify_threshold` pending messages in
   the conversation gets PULL_NOTIFY instead of the message.
 - unread (S14) is derived (latest seq - read seq); a sender's own send moves its read
@@ -30,9 +31,8 @@ from im_runtime.idgen import IdGenerator
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import encode_frame, encode_message
 from im_runtime.dispatch.queries import fit, history, membership, refusal
-from im_runtime.protocol.types import ErrorCode, RequestType, group_conversation, single_conversation
-from im_runtime.route.tokens import valid_uid
-from im_runtime.storage.interfaces import ClaimState, Stores
+from im_runtime.protocol.types import ErrorCode, RequestType, group_conversation, single_conversation, valid_uid
+from im_runtime.storage.interfaces import SendState, Stores
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +123,26 @@ class DispatchService:
             return _refuse(message_id, ErrorCode.BAD_BODY, "type must be SINGLE or GROUP")
 
         stores = self.stores
-        claim = await stores.dedup.claim(uid, message_id)
-        if claim.state is ClaimState.DONE:
+        steps = stores.steps
+        # The de-dup claim and the seq in one step (S12, S11): a retry of a send whose node
+        # died gets the same seq back, so no seq is left without its message.
+        begun = await steps.begin(conversation_id, uid, message_id, recipients)
+        state = begun.state
+        if state is SendState.DONE:
             metrics.HOT.duplicates += 1
             ack = pb.SendAck()
-            ack.CopyFrom(claim.ack)
+            ack.CopyFrom(begun.ack)
             ack.code = ErrorCode.DUPLICATE
             ack.message = "duplicate: already accepted"
             return RequestType.SEND_ACK, ack
-        if claim.state is ClaimState.PENDING:
+        if state is SendState.PENDING:
             return _refuse(message_id, ErrorCode.UNAVAILABLE, "the same message is being sent; retry")
+        seq = begun.seq
         try:
             # No lock per conversation: the seq is atomic in every store, and holding a lock
             # across the store round trips below capped a conversation at one send per
             # round-trip time on Redis/MongoDB. Pushes of one conversation may therefore
             # leave out of seq order under concurrency; clients order by seq (S12).
-            steps = stores.steps
-            seq = await steps.sequence(conversation_id, uid, recipients)
             # attribute assignment: several times cheaper than keyword construction in upb
             message = pb.Message(**{"from": uid})
             message.message_id = message_id
@@ -149,18 +152,22 @@ class DispatchService:
             message.to = to
             message.content_type = req.content_type
             message.content = content
-            message.server_time = int(time.time() * 1000)
-            await stores.messages.save(message)  # S11: persisted before the ack
-            await self._fan_out(message, recipients)
+            message.server_time = begun.server_time
+            body = message.SerializeToString()  # once: the store, the offline queues and the push share it
+            await stores.messages.save(message, body)  # S11: persisted before the ack
             ack = pb.SendAck()
             ack.message_id = message_id
             ack.conversation_id = conversation_id
             ack.seq = seq
             ack.server_time = message.server_time
-            await steps.complete(uid, message_id, ack)
+            pending = await steps.finish(message, body, recipients, ack)  # S10: queued before the ack
         except Exception:
-            await stores.dedup.release(uid, message_id)
+            try:  # its lease ends now: the client's retry resumes the same seq at once
+                await steps.abort(conversation_id, uid, message_id)
+            except Exception:  # noqa: BLE001 - the lease runs out by itself
+                log.warning("could not end the lease of a failed send", exc_info=True)
             raise
+        await self._fan_out(message, body, recipients, pending)
         hot = metrics.HOT
         if kind == pb.GROUP:
             hot.messages_in_group += 1
@@ -169,20 +176,21 @@ class DispatchService:
         hot.observe_send(time.perf_counter() - started)
         return RequestType.SEND_ACK, ack
 
-    async def _fan_out(self, message: pb.Message, recipients: list[str]) -> None:
-        """Write diffusion (S10): every receiver's queue first, then one push or notify each."""
-        conversation_id = message.conversation_id
+    async def _fan_out(self, message: pb.Message, body: bytes, recipients: list[str], pending: list[int]) -> None:
+        """One push, or a notify once a receiver has more than `notify_threshold` pending
+        (S11); every receiver's queue already holds the message (write diffusion, S10)."""
         push_to: list[str] = []
         metrics.HOT.offline_writes += len(recipients)
-        for uid, pending in zip(recipients, await self.stores.steps.enqueue(recipients, message)):
-            if pending > self.notify_threshold:
-                notify = pb.PullNotify(conversation_id=conversation_id, latest_seq=message.seq, pending=pending)
+        threshold = self.notify_threshold
+        for uid, waiting in zip(recipients, pending):
+            if waiting > threshold:
+                notify = pb.PullNotify(conversation_id=message.conversation_id, latest_seq=message.seq, pending=waiting)
                 await self.pusher.deliver([uid], encode_message(RequestType.PULL_NOTIFY, 0, notify))
                 metrics.HOT.pull_notifies += 1
             else:
                 push_to.append(uid)
         if push_to:
-            await self.pusher.deliver(push_to, encode_frame(RequestType.PUSH, 0, message.SerializeToString()))
+            await self.pusher.deliver(push_to, encode_frame(RequestType.PUSH, 0, body))
             metrics.HOT.messages_out += len(push_to)
 
     # ---- offline, history ---------------------------------------------------------------

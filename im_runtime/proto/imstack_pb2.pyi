@@ -73,7 +73,7 @@ class SendAck(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., seq: _Optional[int] = ..., server_time: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "conversation_id", "seq", "type", "to", "content_type", "content", "server_time")
+    __slots__ = ("message_id", "conversation_id", "seq", "type", "to", "content_type", "content", "server_time", "gap")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class Message(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
     message_id: int
     conversation_id: str
     seq: int
@@ -91,7 +92,8 @@ class Message(_message.Message):
     content_type: int
     content: bytes
     server_time: int
-    def __init__(self, message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., seq: _Optional[int] = ..., type: _Optional[_Union[ConversationType, str]] = ..., to: _Optional[str] = ..., content_type: _Optional[int] = ..., content: _Optional[bytes] = ..., server_time: _Optional[int] = ..., **kwargs) -> None: ...
+    gap: bool
+    def __init__(self, message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., seq: _Optional[int] = ..., type: _Optional[_Union[ConversationType, str]] = ..., to: _Optional[str] = ..., content_type: _Optional[int] = ..., content: _Optional[bytes] = ..., server_time: _Optional[int] = ..., gap: _Optional[bool] = ..., **kwargs) -> None: ...
 
 class PushAck(_message.Message):
     __slots__ = ("message_ids",)
@@ -279,6 +281,20 @@ class Deliver(_message.Message):
     body: bytes
     def __init__(self, uids: _Optional[_Iterable[str]] = ..., request_type: _Optional[int] = ..., body: _Optional[bytes] = ...) -> None: ...
 
+class SessionChanged(_message.Message):
+    __slots__ = ("uids", "all")
+    UIDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    uids: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    def __init__(self, uids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class Rebind(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    def __init__(self, epoch: _Optional[str] = ...) -> None: ...
+
 class AuthenticateRequest(_message.Message):
     __slots__ = ("uid", "token", "timestamp", "device_id", "access_node", "conn_id")
     UID_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +362,30 @@ class DropNodeRequest(_message.Message):
     ACCESS_NODE_FIELD_NUMBER: _ClassVar[int]
     access_node: str
     def __init__(self, access_node: _Optional[str] = ...) -> None: ...
+
+class BoundConnection(_message.Message):
+    __slots__ = ("uid", "conn_id", "device_id")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    CONN_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    conn_id: int
+    device_id: str
+    def __init__(self, uid: _Optional[str] = ..., conn_id: _Optional[int] = ..., device_id: _Optional[str] = ...) -> None: ...
+
+class RebindRequest(_message.Message):
+    __slots__ = ("access_node", "connections")
+    ACCESS_NODE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    access_node: str
+    connections: _containers.RepeatedCompositeFieldContainer[BoundConnection]
+    def __init__(self, access_node: _Optional[str] = ..., connections: _Optional[_Iterable[_Union[BoundConnection, _Mapping]]] = ...) -> None: ...
+
+class RebindResponse(_message.Message):
+    __slots__ = ("bound",)
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    bound: int
+    def __init__(self, bound: _Optional[int] = ...) -> None: ...
 
 class DropNodeResponse(_message.Message):
     __slots__ = ("sessions_removed",)

@@ -54,6 +54,11 @@ class RouteStub:
                 request_serializer=imstack__pb2.DropNodeRequest.SerializeToString,
                 response_deserializer=imstack__pb2.DropNodeResponse.FromString,
                 _registered_method=True)
+        self.Rebind = channel.unary_unary(
+                '/imstack.v1.Route/Rebind',
+                request_serializer=imstack__pb2.RebindRequest.SerializeToString,
+                response_deserializer=imstack__pb2.RebindResponse.FromString,
+                _registered_method=True)
 
 
 class RouteServicer:
@@ -85,6 +90,13 @@ class RouteServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rebind(self, request, context):
+        """Binds again the connections an access node holds (after Redis lost the session table).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouteServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +119,11 @@ def add_RouteServicer_to_server(servicer, server):
                     servicer.DropNode,
                     request_deserializer=imstack__pb2.DropNodeRequest.FromString,
                     response_serializer=imstack__pb2.DropNodeResponse.SerializeToString,
+            ),
+            'Rebind': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rebind,
+                    request_deserializer=imstack__pb2.RebindRequest.FromString,
+                    response_serializer=imstack__pb2.RebindResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +234,33 @@ class Route:
             '/imstack.v1.Route/DropNode',
             imstack__pb2.DropNodeRequest.SerializeToString,
             imstack__pb2.DropNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rebind(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imstack.v1.Route/Rebind',
+            imstack__pb2.RebindRequest.SerializeToString,
+            imstack__pb2.RebindResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ if-chains. Types 100..119 are internal to the access <-> dispatch link (docs/pro
 from __future__ import annotations
 
 import enum
+import re
 from typing import NewType
 
 from google.protobuf.message import Message as ProtoMessage
@@ -19,6 +20,8 @@ Seq = NewType("Seq", int)
 MessageId = NewType("MessageId", int)
 
 HEAD_LENGTH = 20
+# content_type of a gap marker (docs/protocol.md): a seq handed out that carries no message.
+GAP_CONTENT_TYPE = -1
 DEFAULT_MAX_BODY = 65_536
 PROTOCOL_VERSION = 1
 
@@ -55,6 +58,8 @@ class RequestType(enum.IntEnum):
     FORWARD = 110
     FORWARD_RESP = 111
     DELIVER = 112
+    SESSION_CHANGED = 113
+    REBIND = 114
 
 
 class ErrorCode(enum.IntEnum):
@@ -102,6 +107,8 @@ BODY_TYPES: dict[int, type[ProtoMessage] | None] = {
     RequestType.FORWARD: pb.Forward,
     RequestType.FORWARD_RESP: pb.ForwardResponse,
     RequestType.DELIVER: pb.Deliver,
+    RequestType.SESSION_CHANGED: pb.SessionChanged,
+    RequestType.REBIND: pb.Rebind,
 }
 
 # What a client may send; the answer type of each request.
@@ -118,6 +125,37 @@ CLIENT_REQUESTS: dict[int, int | None] = {
     RequestType.ID_BATCH_REQ: RequestType.ID_BATCH_RESP,
 }
 
+
+UID_PATTERN = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")
+_VALID_UIDS: dict[str, None] = {}  # uids already checked (bounded): a send checks its peer
+_VALID_UIDS_LIMIT = 100_000
+
+
+def valid_uid(uid: str) -> bool:
+    """Uids (and group ids) are 1..128 of [A-Za-z0-9_.@-]: no ':' (it separates the parts of
+    a conversation id). Here, not in route, because dispatch checks every send's peer and
+    must not import a layer above it."""
+    if uid in _VALID_UIDS:
+        return True
+    if UID_PATTERN.fullmatch(uid) is None:
+        return False
+    if len(_VALID_UIDS) >= _VALID_UIDS_LIMIT:
+        _VALID_UIDS.clear()
+    _VALID_UIDS[uid] = None
+    return True
+
+
+def gap_marker(conversation_id: str, seq: int) -> pb.Message:
+    """The history entry for a seq that was handed out and will never carry a message
+    (its send failed and was not retried, or a Redis loss skipped it): clients skip it at
+    once instead of waiting for it (docs/protocol.md, "Gap markers")."""
+    marker = pb.Message(conversation_id=conversation_id, seq=seq, content_type=GAP_CONTENT_TYPE)
+    marker.gap = True
+    return marker
+
+
+def is_gap(message: pb.Message) -> bool:
+    return message.gap or (message.content_type == GAP_CONTENT_TYPE and message.message_id == 0)
 
 
 def single_conversation(a: str, b: str) -> ConversationId:

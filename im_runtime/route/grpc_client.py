@@ -80,6 +80,13 @@ class RouteClient:
         resp = await self._call(self.stub.DropNode, pb.DropNodeRequest(access_node=node))
         return resp.sessions_removed
 
+    async def rebind(self, node: str, connections: list[tuple[str, int, str]]) -> int:
+        request = pb.RebindRequest(
+            access_node=node,
+            connections=[pb.BoundConnection(uid=u, conn_id=c, device_id=d) for u, c, d in connections],
+        )
+        return (await self._call(self.stub.Rebind, request)).bound
+
     async def health(self) -> bool:
         call = self.channel.unary_unary(
             "/grpc.health.v1.Health/Check", request_serializer=bytes, response_deserializer=bytes

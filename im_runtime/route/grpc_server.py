@@ -40,6 +40,10 @@ class RouteServicer(pb_grpc.RouteServicer):
     async def DropNode(self, request: pb.DropNodeRequest, context) -> pb.DropNodeResponse:  # noqa: N802
         return pb.DropNodeResponse(sessions_removed=await self.route.drop_node(request.access_node))
 
+    async def Rebind(self, request: pb.RebindRequest, context) -> pb.RebindResponse:  # noqa: N802
+        bound = await self.route.rebind(request.access_node, ((c.uid, c.conn_id, c.device_id) for c in request.connections))
+        return pb.RebindResponse(bound=bound)
+
 
 def _health_handler(ready: Callable[[], bool]) -> grpc.GenericRpcHandler:
     async def check(request: bytes, context) -> bytes:

@@ -18,7 +18,8 @@ from im_runtime import metrics
 from im_runtime.dispatch.queries import history, members_joined, membership, refusal
 from im_runtime.protocol.types import ErrorCode
 from im_runtime.route.iplist import IpListSource, iplist
-from im_runtime.route.tokens import TokenSigner, valid_uid
+from im_runtime.protocol.types import valid_uid
+from im_runtime.route.tokens import TokenSigner
 from im_runtime.storage.interfaces import Stores
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ from typing import Iterable
 
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.types import ErrorCode
-from im_runtime.route.tokens import TokenSigner, valid_uid
+from im_runtime.protocol.types import valid_uid
+from im_runtime.route.tokens import TokenSigner
 from im_runtime.storage.interfaces import SessionStore
 
 
@@ -35,3 +36,13 @@ class RouteService:
 
     async def drop_node(self, node: str) -> int:
         return await self.sessions.drop_node(node)
+
+    async def rebind(self, node: str, connections: Iterable[tuple[str, int, str]]) -> int:
+        """Binds again every (uid, conn_id, device_id) an access node holds: the session table
+        was lost (its epoch changed) while the connections stayed up."""
+        count = 0
+        for uid, conn_id, device_id in connections:
+            if valid_uid(uid):
+                await self.sessions.bind(uid, node, conn_id, device_id)
+                count += 1
+        return count

@@ -8,28 +8,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 import time
 from dataclasses import dataclass
 
-UID_PATTERN = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")
+from im_runtime.protocol.types import valid_uid  # ids are protocol (docs/protocol.md)
+
 DEFAULT_TTL_S = 7 * 24 * 3600
-
-
-_VALID_UIDS: dict[str, None] = {}  # uids already checked (bounded): a send checks its peer
-_VALID_UIDS_LIMIT = 100_000
-
-
-def valid_uid(uid: str) -> bool:
-    """Uids are 1..128 of [A-Za-z0-9_.@-]: no ':' (it separates conversation id parts)."""
-    if uid in _VALID_UIDS:
-        return True
-    if UID_PATTERN.fullmatch(uid) is None:
-        return False
-    if len(_VALID_UIDS) >= _VALID_UIDS_LIMIT:
-        _VALID_UIDS.clear()
-    _VALID_UIDS[uid] = None
-    return True
 
 
 def _b64(data: bytes) -> str:

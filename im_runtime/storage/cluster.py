@@ -25,7 +25,6 @@ from im_runtime.storage.mongo_store import (
 from im_runtime.storage.pools import AutoPipeline, check_eviction_policy, mongo_client, redis_client
 from im_runtime.storage.redis_cluster import ClusterAutoPipeline, is_cluster
 from im_runtime.storage.redis_store import (
-    RedisDedupStore,
     RedisGroupCache,
     RedisOfflineStore,
     RedisReadStore,
@@ -99,20 +98,20 @@ async def cluster_stores(
         await pools.close()
         raise
     messages = MongoMessageStore(db)
-    offline = RedisOfflineStore(pipe)
     sequences = RedisSequenceStore(pipe, MongoSeqFloor(db, messages), block=seq_block)
-    dedup = RedisDedupStore(pipe, ttl_s=dedup_ttl_s, pending_ttl_s=dedup_pending_ttl_s)
-    reads = RedisReadStore(pipe)
+    lease_s = dedup_pending_ttl_s if dedup_pending_ttl_s is not None else min(dedup_ttl_s, 10.0)
+    steps = RedisSendSteps(
+        pipe, sequences, messages, single_node=not isinstance(pipe, ClusterAutoPipeline), ttl_s=dedup_ttl_s, lease_s=lease_s,
+    )
     return Stores(
         sessions=RedisSessionStore(pipe),
-        offline=offline,
+        offline=RedisOfflineStore(pipe),
         sequences=sequences,
         messages=messages,
-        dedup=dedup,
         groups=MongoGroupStore(db, RedisGroupCache(pipe)),
-        reads=reads,
+        reads=RedisReadStore(pipe),
         segments=_ClosingSegments(db, pools),
-        steps=RedisSendSteps(pipe, sequences, offline, dedup, reads),
+        steps=steps,
     )
 
 

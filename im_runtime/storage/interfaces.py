@@ -26,6 +26,9 @@ class SessionStore(Protocol):
         """Removes every session on a dead access node (S9); returns how many."""
     async def nodes(self) -> set[str]:
         """Access nodes that hold sessions (route drops those of nodes that died unseen)."""
+    async def epoch(self) -> str:
+        """Names this session table's lifetime: it changes when the table is lost (a Redis
+        restart without persistence, FLUSHALL), so the access nodes know to bind again."""
 
 
 class OfflineStore(Protocol):
@@ -56,38 +59,37 @@ class SequenceStore(Protocol):
 
 
 class MessageStore(Protocol):
-    """Persisted messages (S11): history by seq range, newest first available cheaply."""
+    """Persisted messages (S11): history by seq range, newest first available cheaply, and
+    the gap markers of seqs that will never carry a message (docs/protocol.md)."""
 
-    async def save(self, message: pb.Message) -> None:
-        """Idempotent per (conversation_id, seq)."""
+    async def save(self, message: pb.Message, body: bytes | None = None) -> None:
+        """Idempotent per (conversation_id, seq); replaces a gap marker at that seq (a send
+        that was given up on came back after all). `body`: the message already serialized."""
+    async def mark_gaps(self, conversation_id: str, seqs: Iterable[int]) -> list[int]:
+        """Stores a gap marker at each seq that holds nothing yet (a message or marker already
+        there stays); returns the seqs marked now. Ranges return markers like messages (`gap`)."""
     async def range(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False
     ) -> tuple[list[pb.Message], bool]:
-        """Messages with after_seq < seq < before_seq (before_seq 0 = no bound), at most limit,
-        ascending (or newest first); has_more says more matched."""
+        """Messages (and gap markers) with after_seq < seq < before_seq (before_seq 0 = no
+        bound), at most limit, ascending (or newest first); has_more says more matched."""
     async def max_seq(self, conversation_id: str) -> int:
-        """Highest stored seq (0 if none): the floor a seq counter recovers to."""
+        """Highest stored seq, markers included (0 if none): the floor a seq counter recovers to."""
 
 
-class ClaimState(enum.Enum):
-    NEW = "new"  # the caller owns the send now
-    PENDING = "pending"  # another request with this id is in flight: answer UNAVAILABLE (retry)
+class SendState(enum.Enum):
+    NEW = "new"  # the caller owns the send, with a seq of its own
+    RESUMED = "resumed"  # a retry of a send whose owner died or failed: the caller owns it now, same seq
+    PENDING = "pending"  # another request with this id holds the send right now: answer UNAVAILABLE
     DONE = "done"  # already sent: answer DUPLICATE with the stored ack
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    state: ClaimState
+class Begun:
+    state: SendState
+    seq: int = 0
+    server_time: int = 0  # ms; for RESUMED the first attempt's, so every copy agrees
     ack: pb.SendAck | None = None
-
-
-class DedupStore(Protocol):
-    """Idempotent send by (sender, message_id) (S12, S15), entries expire after a TTL."""
-
-    async def claim(self, sender: str, message_id: int) -> Claim: ...
-    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None: ...
-    async def release(self, sender: str, message_id: int) -> None:
-        """Drops a claim whose send failed, so a retry can go through."""
 
 
 class GroupStore(Protocol):
@@ -125,44 +127,36 @@ class SegmentStore(Protocol):
 
 
 class SendSteps(Protocol):
-    """The store work of one send, in the three steps the dispatch service takes (S10-S14).
+    """The store work of one send in the steps the dispatch service takes (S10-S15), with
+    the de-dup claim (S12) and the seq (S11) bound together, so that a seq is never lost:
 
-    Each step spans several stores; an engine may do a step in one round trip where its keys
-    allow (Redis: one Lua script per step, each within one cluster slot), which matters at
-    thousands of sends per second. `ComposedSendSteps` does them store by store.
-    Once all three have run, the stores hold what the single calls would leave: the sender's
-    read position at the seq (reads.advance), every recipient in the conversation (reads.join)
-    with the message in its offline queue, and the completed de-dup claim."""
+    - `begin` claims (sender, message_id) and gives the send its seq, in one step. A retry of
+      a send that is still in flight is PENDING; once the in-flight attempt's lease
+      (`lease_s`) has run out (its node died) or it was aborted, the retry RESUMES it with the
+      *same* seq, so the dead attempt leaves no hole; a finished send is DONE.
+    - the caller persists the message (MessageStore.save), then `finish` queues it for every
+      recipient (offline, S10), completes the claim and moves the read positions, in one step
+      where the engine allows (Redis: one Lua script on a single Redis; per slot on a Redis
+      Cluster). Once finish returns, the stores hold what the single calls would leave: the
+      sender's read position at the seq, every recipient in the conversation with the message
+      in its offline queue, and the completed claim.
+    - `abort`: the send failed after begin; its lease ends now, so the client's retry resumes
+      the same seq at once.
+    - `settle`: of some seqs a history page lacks, which will never carry a message: a send
+      that began and was never finished nor retried within its lease (it is then given up:
+      a later retry gets a new seq), or a seq no send holds. Those get gap markers.
+    Every engine keeps a journal of the seqs whose sends began and have not finished, which
+    is what `settle` reads; `finish` clears the entry.
+    """
 
-    async def sequence(self, conversation_id: str, sender: str, recipients: list[str]) -> int:
-        """The next seq of the conversation (sequences.next_seq)."""
-    async def enqueue(self, uids: list[str], message: pb.Message) -> list[int]:
-        """offline.add(uid, message) for every uid; returns, per uid, its pending count in
-        the message's conversation."""
-    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
-        """dedup.complete(sender, message_id, ack)."""
-
-
-class ComposedSendSteps:
-    """SendSteps from the single stores (the memory engine's, and any engine's fallback)."""
-
-    def __init__(self, stores: "Stores") -> None:
-        self.stores = stores
-
-    async def sequence(self, conversation_id: str, sender: str, recipients: list[str]) -> int:
-        seq = await self.stores.sequences.next_seq(conversation_id)
-        await self.stores.reads.advance(sender, conversation_id, seq)
-        return seq
-
-    async def enqueue(self, uids: list[str], message: pb.Message) -> list[int]:
-        pending = []
-        for uid in uids:
-            pending.append(await self.stores.offline.add(uid, message))
-            await self.stores.reads.join(uid, message.conversation_id)
-        return pending
-
-    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
-        await self.stores.dedup.complete(sender, message_id, ack)
+    async def begin(self, conversation_id: str, sender: str, message_id: int, recipients: list[str]) -> Begun: ...
+    async def finish(self, message: pb.Message, body: bytes, recipients: list[str], ack: pb.SendAck) -> list[int]:
+        """Returns, per recipient, its pending count in the message's conversation (PULL_NOTIFY)."""
+    async def abort(self, conversation_id: str, sender: str, message_id: int) -> None: ...
+    async def settle(self, conversation_id: str, seqs: list[int]) -> list[int]:
+        """Of the seqs given (those above the conversation's latest are ignored), marks those
+        that will never carry a message as gaps; returns the seqs marked now (a seq that
+        already holds a message or a marker is not among them)."""
 
 
 @dataclass(slots=True)
@@ -173,18 +167,13 @@ class Stores:
     offline: OfflineStore
     sequences: SequenceStore
     messages: MessageStore
-    dedup: DedupStore
     groups: GroupStore
     reads: ReadStore
     segments: SegmentStore
-    steps: SendSteps | None = None  # None: ComposedSendSteps over the stores above
-
-    def __post_init__(self) -> None:
-        if self.steps is None:
-            self.steps = ComposedSendSteps(self)
+    steps: SendSteps
 
     async def close(self) -> None:
-        for store in (self.sessions, self.offline, self.sequences, self.messages, self.dedup, self.groups, self.reads, self.segments):
+        for store in (self.steps, self.sessions, self.offline, self.sequences, self.messages, self.groups, self.reads, self.segments):
             close = getattr(store, "close", None)
             if close is not None:
                 await close()

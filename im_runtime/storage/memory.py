@@ -12,7 +12,8 @@ from collections import defaultdict
 from typing import Iterable
 
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.storage.interfaces import Claim, ClaimState, Stores
+from im_runtime.protocol.types import gap_marker, is_gap
+from im_runtime.storage.interfaces import Begun, SendState, Stores
 
 
 class MemorySessionStore:
@@ -40,6 +41,9 @@ class MemorySessionStore:
 
     async def nodes(self) -> set[str]:
         return {node for conns in self._by_uid.values() for node, _ in conns}
+
+    async def epoch(self) -> str:
+        return "memory"  # lives as long as the process, as its sessions do
 
     async def drop_node(self, node: str) -> int:
         removed = 0
@@ -132,12 +136,18 @@ class MemoryMessageStore:
         self._by_conv: dict[str, dict[int, pb.Message]] = {}
         self._seqs: dict[str, list[int]] = {}  # sorted seqs per conversation
         self._max: dict[str, int] = {}
+        self._trimmed: dict[str, int] = {}  # highest seq trimmed per conversation
         self.per_conversation = per_conversation
 
-    async def save(self, message: pb.Message) -> None:
+    async def save(self, message: pb.Message, body: bytes | None = None) -> None:
         conv = self._by_conv.setdefault(message.conversation_id, {})
-        if message.seq in conv:
+        old = conv.get(message.seq)
+        if old is not None:
+            if is_gap(old) and not is_gap(message):
+                conv[message.seq] = message  # a send given up on came back after all
             return
+        if message.seq <= self._trimmed.get(message.conversation_id, 0):
+            return  # older than what is kept
         conv[message.seq] = message
         seqs = self._seqs.setdefault(message.conversation_id, [])
         if not seqs or message.seq > seqs[-1]:
@@ -146,9 +156,23 @@ class MemoryMessageStore:
             bisect.insort(seqs, message.seq)
         self._max[message.conversation_id] = max(self._max.get(message.conversation_id, 0), message.seq)
         if len(seqs) > self.per_conversation + self.per_conversation // 10:  # trim in batches
-            for old in seqs[: len(seqs) - self.per_conversation]:
+            cut = seqs[: len(seqs) - self.per_conversation]
+            for old in cut:
                 del conv[old]
             del seqs[: len(seqs) - self.per_conversation]
+            self._trimmed[message.conversation_id] = cut[-1]
+
+    async def mark_gaps(self, conversation_id: str, seqs: Iterable[int]) -> list[int]:
+        marked = []
+        for seq in dict.fromkeys(seqs):
+            if seq > self._trimmed.get(conversation_id, 0) and seq not in self._by_conv.get(conversation_id, {}):
+                await self.save(gap_marker(conversation_id, seq))
+                marked.append(seq)
+        return marked
+
+    def kept_above(self, conversation_id: str) -> int:
+        """Seqs at or below this were trimmed away (they held messages once)."""
+        return self._trimmed.get(conversation_id, 0)
 
     async def range(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False
@@ -170,39 +194,101 @@ class MemoryMessageStore:
         return self._max.get(conversation_id, 0)
 
 
-class MemoryDedupStore:
-    """De-dup entries for `ttl_s`, and at most `max_entries` of them (the oldest go first:
-    entries are kept in claim order, so the cap drops those nearest to expiring)."""
+class MemorySendSteps:
+    """interfaces.SendSteps over the memory stores. Claims live `ttl_s` and at most
+    `max_entries` of them (the oldest go first: entries are kept in claim order, so the cap
+    drops those nearest to expiring). A claim is (expires, seq, lease deadline, server time,
+    ack): ack None while the send is in flight. The journal holds the seqs whose sends began
+    and did not finish."""
 
-    def __init__(self, *, ttl_s: float = 24 * 3600, max_entries: int = 1_000_000) -> None:
-        self._entries: dict[tuple[str, int], tuple[float, pb.SendAck | None]] = {}
+    def __init__(
+        self, sequences: MemorySequenceStore, offline: MemoryOfflineStore, reads: "MemoryReadStore",
+        messages: MemoryMessageStore, *, ttl_s: float = 24 * 3600, lease_s: float = 10.0, max_entries: int = 1_000_000,
+    ) -> None:
+        self._sequences = sequences
+        self._offline = offline
+        self._reads = reads
+        self._messages = messages
+        self._claims: dict[tuple[str, str, int], list] = {}  # (conversation, sender, id) -> claim
+        self._journal: dict[str, dict[int, tuple[str, str, int]]] = {}  # conversation -> seq -> claim key
         self._ttl = ttl_s
+        self._lease = lease_s
         self._max_entries = max_entries
         self._next_sweep = time.monotonic() + 60
 
-    async def claim(self, sender: str, message_id: int) -> Claim:
+    async def begin(self, conversation_id: str, sender: str, message_id: int, recipients: list[str]) -> Begun:
         now = time.monotonic()
         if now >= self._next_sweep:
             self._sweep(now)
-        entry = self._entries.get((sender, message_id))
-        if entry is not None and entry[0] > now:
-            ack = entry[1]
-            return Claim(ClaimState.PENDING) if ack is None else Claim(ClaimState.DONE, ack)
-        self._entries[(sender, message_id)] = (now + self._ttl, None)
-        while len(self._entries) > self._max_entries:
-            del self._entries[next(iter(self._entries))]
-        return Claim(ClaimState.NEW)
+        key = (conversation_id, sender, message_id)
+        claim = self._claims.get(key)
+        if claim is not None and claim[0] > now:
+            _, seq, lease_until, server_time, ack = claim
+            if ack is not None:
+                return Begun(SendState.DONE, ack.seq, ack.server_time, ack)
+            if seq > 0 and now < lease_until:
+                return Begun(SendState.PENDING, seq)
+            if seq > 0:  # its attempt failed or died: resume it, same seq
+                claim[2] = now + self._lease
+                self._journal.setdefault(conversation_id, {})[seq] = key
+                return Begun(SendState.RESUMED, seq, server_time)
+        seq = await self._sequences.next_seq(conversation_id)
+        server_time = int(time.time() * 1000)
+        self._claims[key] = [now + self._ttl, seq, now + self._lease, server_time, None]
+        while len(self._claims) > self._max_entries:
+            del self._claims[next(iter(self._claims))]
+        self._journal.setdefault(conversation_id, {})[seq] = key
+        await self._reads.advance(sender, conversation_id, seq)
+        for uid in recipients:
+            await self._reads.join(uid, conversation_id)
+        return Begun(SendState.NEW, seq, server_time)
 
-    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
-        self._entries[(sender, message_id)] = (time.monotonic() + self._ttl, ack)
+    async def finish(self, message: pb.Message, body: bytes, recipients: list[str], ack: pb.SendAck) -> list[int]:
+        conv = message.conversation_id
+        pending = []
+        for uid in recipients:
+            await self._reads.join(uid, conv)
+            pending.append(await self._offline.add(uid, message))
+        key = (conv, getattr(message, "from"), message.message_id)
+        self._claims[key] = [time.monotonic() + self._ttl, ack.seq, 0.0, ack.server_time, ack]
+        journal = self._journal.get(conv)
+        if journal is not None and journal.get(ack.seq) == key:
+            del journal[ack.seq]
+            if not journal:
+                del self._journal[conv]
+        return pending
 
-    async def release(self, sender: str, message_id: int) -> None:
-        self._entries.pop((sender, message_id), None)
+    async def abort(self, conversation_id: str, sender: str, message_id: int) -> None:
+        claim = self._claims.get((conversation_id, sender, message_id))
+        if claim is not None and claim[4] is None:
+            claim[2] = 0.0  # the lease ends now: the retry resumes the same seq
+
+    async def settle(self, conversation_id: str, seqs: list[int]) -> list[int]:
+        now = time.monotonic()
+        latest = (await self._sequences.latest_seqs([conversation_id]))[conversation_id]
+        floor = self._messages.kept_above(conversation_id)
+        journal = self._journal.get(conversation_id, {})
+        dead = []
+        for seq in seqs:
+            if not floor < seq <= latest:
+                continue
+            key = journal.get(seq)
+            if key is not None:
+                claim = self._claims.get(key)
+                if claim is not None and claim[4] is None and now < claim[2]:
+                    continue  # in flight
+                del journal[seq]
+                if claim is not None and claim[4] is None:
+                    del self._claims[key]  # given up: a retry is a new send with a new seq
+            dead.append(seq)
+        if not journal:
+            self._journal.pop(conversation_id, None)
+        return await self._messages.mark_gaps(conversation_id, dead)
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + 60
-        for key in [k for k, (exp, _) in self._entries.items() if exp <= now]:
-            del self._entries[key]
+        for key in [k for k, c in self._claims.items() if c[0] <= now]:
+            del self._claims[key]
 
 
 class MemoryGroupStore:
@@ -271,14 +357,15 @@ class MemorySegmentStore:
         return start, start + step
 
 
-def memory_stores() -> Stores:
+def memory_stores(*, dedup_ttl_s: float = 24 * 3600, lease_s: float = 10.0) -> Stores:
+    offline, sequences, messages, reads = MemoryOfflineStore(), MemorySequenceStore(), MemoryMessageStore(), MemoryReadStore()
     return Stores(
         sessions=MemorySessionStore(),
-        offline=MemoryOfflineStore(),
-        sequences=MemorySequenceStore(),
-        messages=MemoryMessageStore(),
-        dedup=MemoryDedupStore(),
+        offline=offline,
+        sequences=sequences,
+        messages=messages,
         groups=MemoryGroupStore(),
-        reads=MemoryReadStore(),
+        reads=reads,
         segments=MemorySegmentStore(),
+        steps=MemorySendSteps(sequences, offline, reads, messages, ttl_s=dedup_ttl_s, lease_s=lease_s),
     )

@@ -30,6 +30,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from im_runtime.metrics import REGISTRY
 from im_runtime.proto import imstack_pb2 as pb
+from im_runtime.protocol.types import gap_marker
 from im_runtime.storage.redis_store import RedisGroupCache
 
 _MAX_SEQ = 2**63 - 1
@@ -213,16 +214,40 @@ class MongoMessageStore:
         self._c = db.messages
         self._inserts = InsertBatcher(db.messages)
 
-    async def save(self, message: pb.Message) -> None:
-        doc = {"_id": message_key(message.conversation_id, message.seq), "b": Binary(message.SerializeToString())}
+    async def save(self, message: pb.Message, body: bytes | None = None) -> None:
+        key = message_key(message.conversation_id, message.seq)
+        doc = {"_id": key, "b": Binary(body if body is not None else message.SerializeToString())}
         try:
             await self._inserts.insert(doc)
         except DuplicateKeyError:
-            pass  # idempotent per (conversation_id, seq) and per message id
+            # idempotent per (conversation_id, seq) and per message id; but a gap marker there
+            # gives way: the send it stood for came back after all (rare, one more round trip)
+            if not message.gap:
+                await self._c.replace_one({"_id": key, "g": 1}, doc)
         except Exception:
             MESSAGE_SAVE_ERRORS.inc()
             raise
         MESSAGES_SAVED.inc()
+
+    async def mark_gaps(self, conversation_id: str, seqs: Iterable[int]) -> list[int]:
+        """Marker documents `{_id, b: <gap Message>, g: 1}`: ranges read them like messages;
+        an insert that meets a stored message or marker (duplicate key) leaves it."""
+        wanted = list(dict.fromkeys(int(s) for s in seqs))
+        docs = [
+            {"_id": message_key(conversation_id, seq), "b": Binary(gap_marker(conversation_id, seq).SerializeToString()), "g": 1}
+            for seq in wanted
+        ]
+        if not docs:
+            return []
+        try:
+            await self._c.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            taken = {e["index"] for e in errors}
+            return [seq for i, seq in enumerate(wanted) if i not in taken]
+        return wanted
 
     async def range(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50, newest_first: bool = False
@@ -280,6 +305,9 @@ class MongoSeqFloor:
 
     async def stored_maxes(self, conversation_ids: list[str]) -> dict[str, int]:
         return await self._messages.max_seqs(conversation_ids)
+
+    async def mark_gaps(self, conversation_id: str, seqs: Iterable[int]) -> list[int]:
+        return await self._messages.mark_gaps(conversation_id, seqs)
 
 
 class MongoSegmentStore:

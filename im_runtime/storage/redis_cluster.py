@@ -179,6 +179,10 @@ class ClusterAutoPipeline(AutoPipeline):
             return False
         return True
 
+    def batch(self, script, keys: list, args: list):
+        """No batches on a cluster: the items' keys would lie in different slots."""
+        return self.script(script, keys, args)
+
     async def _load_script(self, script, keys: list) -> None:
         node = self._slots[key_slot(_key_of(("EVALSHA", "", len(keys), *keys)))]
         if node is None:

@@ -24,10 +24,11 @@ import functools
 import hashlib
 import json
 import time
+import uuid
 from typing import Iterable, Protocol
 
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.storage.interfaces import Claim, ClaimState
+from im_runtime.storage.interfaces import Begun, SendState
 from im_runtime.storage.pools import AutoPipeline, await_all
 
 PREFIX = "im"
@@ -42,6 +43,9 @@ def tag(owner: str) -> str:
 
 # Every access node that has held a session (one small set; route reconciles it with ZooKeeper).
 NODES_KEY = f"{PREFIX}:nodes"
+# The session table's epoch (SessionStore.epoch). One key: on a Redis Cluster it sits on one
+# master, so a loss of another master's data goes unnoticed here (docs/cluster.md).
+EPOCH_KEY = f"{PREFIX}:epoch"
 
 
 def _key(kind: str, owner: str) -> str:
@@ -90,6 +94,13 @@ class RedisSessionStore:
     async def nodes(self) -> set[str]:
         return {_s(n) for n in await self._p.call("SMEMBERS", NODES_KEY)}
 
+    async def epoch(self) -> str:
+        value = await self._p.call("GET", EPOCH_KEY)
+        if value is None:  # a new Redis, or one that lost its data: a new epoch, set once
+            await self._p.call("SET", EPOCH_KEY, uuid.uuid4().hex, "NX")
+            value = await self._p.call("GET", EPOCH_KEY)
+        return _s(value)
+
     async def drop_node(self, node: str) -> int:
         await self._p.call("SREM", NODES_KEY, node)
         node_key = _key("node", node)
@@ -106,20 +117,28 @@ class RedisSessionStore:
 
 # --------------------------------------------------------------------------- offline (S10, S18)
 
+# The offline add as a Lua function, shared by the single add and the send's finish step.
+# q: queue zset, idx: index hash, pend: pending hash, last: last-score string;
+# mid, body, conv, ms: message id, message bytes, conversation id, server time (ms).
+_OFFLINE_ADD_FN = """
+local function offline_add(q, idx, pend, last, mid, body, conv, ms)
+  local score = tonumber(ms) * 1000
+  local l = tonumber(redis.call('GET', last) or '0')
+  if score <= l then score = l + 1 end
+  local s = string.format('%.0f', score)
+  if redis.call('HSETNX', idx, mid, s .. ' ' .. conv) == 0 then  -- queued already: keep one copy
+    return tonumber(redis.call('HGET', pend, conv) or '0')
+  end
+  redis.call('SET', last, s)
+  redis.call('ZADD', q, s, body)
+  return redis.call('HINCRBY', pend, conv, 1)
+end
+"""
+
 # KEYS: queue zset, index hash, pending hash, last-score string
 # ARGV: message_id, message bytes, conversation_id, server_time_ms
-_OFFLINE_ADD = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  return tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
-end
-local score = tonumber(ARGV[4]) * 1000
-local last = tonumber(redis.call('GET', KEYS[4]) or '0')
-if score <= last then score = last + 1 end
-local s = string.format('%.0f', score)
-redis.call('SET', KEYS[4], s)
-redis.call('ZADD', KEYS[1], s, ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], s .. ' ' .. ARGV[3])
-return redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+_OFFLINE_ADD = _OFFLINE_ADD_FN + """
+return offline_add(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
 
 # KEYS: queue zset, index hash, pending hash; ARGV: message ids
@@ -185,7 +204,7 @@ class RedisOfflineStore:
         ids = [int(m) for m in dict.fromkeys(message_ids)]
         if not ids:
             return 0
-        return int(await self._p.script(self._ack, self._keys(uid)[:3], ids))
+        return int(await self._p.batch(self._ack, self._keys(uid)[:3], ids))
 
     async def backlog(self, uid: str) -> int:
         return int(await self._p.call("HLEN", _key("offi", uid)))
@@ -207,6 +226,8 @@ class SeqFloor(Protocol):
     async def stored_max(self, conversation_id: str) -> int:
         """Highest seq persisted with a message (0 if none)."""
     async def stored_maxes(self, conversation_ids: list[str]) -> dict[str, int]: ...
+    async def mark_gaps(self, conversation_id: str, seqs: Iterable[int]) -> list[int]:
+        """Gap markers for seqs that will never be handed out again (MessageStore.mark_gaps)."""
 
 
 # KEYS: counter hash {c = last seq handed out, m = reserved mark}, restart lock
@@ -245,6 +266,9 @@ redis.call('HSET', KEYS[1], 'c', c, 'm', m)
 if c < m then return {1, redis.call('HINCRBY', KEYS[1], 'c', 1)} end
 return {0, c}
 """
+
+
+MAX_MARKED_JUMP = 10_000
 
 
 class RedisSequenceStore:
@@ -303,7 +327,16 @@ class RedisSequenceStore:
                 if recovering:  # we hold the restart lock: a new conversation, or lost with Redis
                     floor, mark = await self._floor.restart(conversation_id, self._block)
                     if floor > 0:  # a real loss (rare): the stored messages are a second floor
-                        floor = max(floor, await self._floor.stored_max(conversation_id))
+                        stored = await self._floor.stored_max(conversation_id)
+                        if floor > stored:
+                            # The counter restarts above seqs that were never stored: the block
+                            # jump. They get gap markers (at most MAX_MARKED_JUMP; settle marks
+                            # any other one when a history read finds it), so clients skip
+                            # them at once; a send still in flight from before the loss that
+                            # stores one of them later replaces its marker.
+                            top = min(floor, stored + MAX_MARKED_JUMP)
+                            await self._floor.mark_gaps(conversation_id, range(stored + 1, top + 1))
+                        floor = max(floor, stored)
                 else:
                     floor = int(value)
                     # status 0 means c >= m, and c never passes m: floor is the mark itself, a
@@ -333,65 +366,22 @@ class RedisSequenceStore:
         return {c: result.get(c, 0) for c in convs}
 
 
-# --------------------------------------------------------------------------- de-dup (S12, S15)
-
-_DONE = b"d"  # value prefix of a completed claim; a pending one is just b"p"
-
-# KEYS: claim key; ARGV: pending ttl ms. Returns 1 (new) or the stored value.
-_DEDUP_CLAIM = """
-if redis.call('SET', KEYS[1], 'p', 'NX', 'PX', ARGV[1]) then return 1 end
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1])
-  return 1
-end
-return v
-"""
-
-
-class RedisDedupStore:
-    """`im:dd:{t}:<sender>:<message_id>` = "p" while a send is in flight, "d"+SendAck once done.
-
-    A pending claim lives `pending_ttl_s` (a crashed sender's claim frees itself quickly so a
-    retry can go through); a completed one lives `ttl_s`."""
-
-    def __init__(self, pipe: AutoPipeline, *, ttl_s: float = 24 * 3600, pending_ttl_s: float | None = None) -> None:
-        self._p = pipe
-        self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._pending_ttl_ms = max(1, int((pending_ttl_s if pending_ttl_s is not None else min(ttl_s, 30)) * 1000))
-        self._claim = pipe.client.register_script(_DEDUP_CLAIM)
-
-    @staticmethod
-    def _k(sender: str, message_id: int) -> str:
-        return f"{PREFIX}:dd:{{{tag(sender)}}}:{sender}:{int(message_id)}"
-
-    async def claim(self, sender: str, message_id: int) -> Claim:
-        value = await self._p.script(self._claim, [self._k(sender, message_id)], [self._pending_ttl_ms])
-        if value == 1:
-            return Claim(ClaimState.NEW)
-        if value[:1] == _DONE:
-            return Claim(ClaimState.DONE, pb.SendAck.FromString(value[1:]))
-        return Claim(ClaimState.PENDING)
-
-    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
-        await self._p.call("SET", self._k(sender, message_id), _DONE + ack.SerializeToString(), "PX", self._ttl_ms)
-
-    async def release(self, sender: str, message_id: int) -> None:
-        await self._p.call("DEL", self._k(sender, message_id))
-
-
 # --------------------------------------------------------------------------- read positions (S13, S14)
 
-# KEYS: hash; ARGV: field, seq. read = max(read, seq), atomic (S14).
-_MAX_FIELD = """
-local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
-local seq = tonumber(ARGV[2])
-if seq > cur then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  return seq
+_MAX_FIELD_FN = """
+local function max_field(key, field, value)
+  local cur = tonumber(redis.call('HGET', key, field) or '-1')
+  local seq = tonumber(value)
+  if seq > cur then
+    redis.call('HSET', key, field, value)
+    return seq
+  end
+  return cur
 end
-return cur
 """
+
+# KEYS: hash; ARGV: field, seq. read = max(read, seq), atomic (S14).
+_MAX_FIELD = _MAX_FIELD_FN + "return max_field(KEYS[1], ARGV[1], ARGV[2])"
 
 
 class RedisReadStore:
@@ -475,76 +465,260 @@ class RedisGroupCache:
         await self._p.script(self._invalidate, [_key("grp", group_id)], [self._ttl_ms])
 
 
-# --------------------------------------------------------------------------- the send path
+# --------------------------------------------------------------------------- the send path (S10-S15)
 
-# KEYS: seq counter hash, read mirror of the conversation (`rdc`); ARGV: sender, recipients...
-# The fast path of _SEQ_NEXT plus, in the same slot, the sender's read position (max) and the
-# recipients' join. Returns {1, seq}, or {0, 0} when the counter needs the slow path.
-_SEND_SEQUENCE = """
-local v = redis.call('HMGET', KEYS[1], 'c', 'm')
-if not v[1] or not v[2] or tonumber(v[1]) >= tonumber(v[2]) then return {0, 0} end
-local seq = redis.call('HINCRBY', KEYS[1], 'c', 1)
-local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
-if seq > cur then redis.call('HSET', KEYS[2], ARGV[1], seq) end
-for i = 2, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], 0) end
-return {1, seq}
+_DONE = b"d"  # value prefix of a completed claim
+
+# Claim values (key `im:dd:{t(conversation)}:<sender>:<message_id>`, in the conversation's slot):
+#   "p <seq> <lease deadline ms> <server time ms>"  in flight (seq 0: the slow path is getting one)
+#   "d" + serialized SendAck                        done
+#   "x"                                             given up (settle marked its seq as a gap)
+# The journal `im:infl:{t(conversation)}:<conversation>` maps the seq of every begun, unfinished
+# send to its claim key.
+
+# KEYS: claim, seq counter hash, read mirror of the conversation (`rdc`), journal, and on a
+# single Redis the sender's read list (`rdu`).
+# ARGV: now ms, lease ms, claim ttl ms, conversation, sender, recipients...
+# Returns {4, seq, time} new | {1, seq, time} resumed | {3, seq} pending | {2, 0, 0, value} done |
+# {0, 0, time} claimed, but the counter needs the slow path (then _SEND_ATTACH).
+# The sender's read positions are set, not maxed: in the step that hands the seq out, it is the
+# conversation's latest, and no read position is ever above the latest seq.
+_SEND_BEGIN = """
+local now = tonumber(ARGV[1])
+local until_ = string.format('%.0f', now + tonumber(ARGV[2]))
+local v = redis.call('GET', KEYS[1])
+if v then
+  local kind = string.sub(v, 1, 1)
+  if kind == 'd' then return {2, 0, 0, v} end
+  if kind == 'p' then
+    local a = string.find(v, ' ', 3, true)
+    local b = string.find(v, ' ', a + 1, true)
+    local seq = string.sub(v, 3, a - 1)
+    if now < tonumber(string.sub(v, a + 1, b - 1)) then return {3, tonumber(seq)} end
+    if seq ~= '0' then
+      local t = string.sub(v, b + 1)
+      redis.call('SET', KEYS[1], 'p ' .. seq .. ' ' .. until_ .. ' ' .. t, 'PX', ARGV[3])
+      redis.call('HSET', KEYS[4], seq, KEYS[1])
+      return {1, tonumber(seq), tonumber(t)}
+    end
+  end
+end
+local c = redis.call('HMGET', KEYS[2], 'c', 'm')
+if not c[1] or not c[2] or tonumber(c[1]) >= tonumber(c[2]) then
+  redis.call('SET', KEYS[1], 'p 0 ' .. until_ .. ' ' .. ARGV[1], 'PX', ARGV[3])
+  return {0, 0, now}
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'c', 1)
+redis.call('SET', KEYS[1], 'p ' .. seq .. ' ' .. until_ .. ' ' .. ARGV[1], 'PX', ARGV[3])
+redis.call('HSET', KEYS[4], seq, KEYS[1])
+redis.call('HSET', KEYS[3], ARGV[5], seq)
+if KEYS[5] then redis.call('HSET', KEYS[5], ARGV[4], seq) end
+for i = 6, #ARGV do redis.call('HSETNX', KEYS[3], ARGV[i], 0) end
+return {4, seq, now}
 """
 
-# KEYS: the four offline keys of _OFFLINE_ADD, the receiver's read list (`rdu`);
-# ARGV: as _OFFLINE_ADD. Joins the receiver to the conversation, then adds.
-_SEND_ENQUEUE = """
-redis.call('HSETNX', KEYS[5], ARGV[3], 0)
-""" + _OFFLINE_ADD
-
-# KEYS: de-dup key, the sender's read list (`rdu`); ARGV: done value, ttl ms, conversation, seq.
-_SEND_COMPLETE = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '-1')
-if tonumber(ARGV[4]) > cur then redis.call('HSET', KEYS[2], ARGV[3], ARGV[4]) end
+# KEYS: claim, read mirror, journal (, the sender's read list on a single Redis);
+# ARGV: seq, now ms, lease ms, claim ttl ms, conversation, sender, recipients...
+# The slow path's seq joins the claim it made ("p 0 ..."); 0 if the claim moved on meanwhile.
+# The seq was handed out outside this step, so the read positions are maxed here.
+_SEND_ATTACH = _MAX_FIELD_FN + """
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, 4) ~= 'p 0 ' then return 0 end
+local t = string.sub(v, string.find(v, ' ', 5, true) + 1)
+local until_ = string.format('%.0f', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+redis.call('SET', KEYS[1], 'p ' .. ARGV[1] .. ' ' .. until_ .. ' ' .. t, 'PX', ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[1], KEYS[1])
+max_field(KEYS[2], ARGV[6], ARGV[1])
+if KEYS[4] then max_field(KEYS[4], ARGV[5], ARGV[1]) end
+for i = 7, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], 0) end
 return 1
 """
 
+# KEYS: claim, journal; ARGV: done value, ttl ms, seq. Completes the claim, clears the journal
+# (a seq is journaled for one claim only, so the entry is this send's).
+_COMPLETE_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[3])
+"""
+
+# One Redis (not a Cluster): the whole finish in one script (begin already set the sender's
+# read list). KEYS: claim, journal, then per recipient its four offline keys and its read list.
+# ARGV: done value, ttl ms, seq, conversation, message id, message bytes, time ms.
+# Queues first and completes last: Redis does not roll a failed script back, so a write refused
+# half-way (noeviction at maxmemory) must not leave a completed claim without the queue entries.
+_SEND_FINISH = _OFFLINE_ADD_FN + """
+local out = {}
+for i = 0, (#KEYS - 2) / 5 - 1 do
+  local k = 2 + i * 5
+  redis.call('HSETNX', KEYS[k + 5], ARGV[4], 0)
+  out[i + 1] = offline_add(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], ARGV[5], ARGV[6], ARGV[4], ARGV[7])
+end
+""" + _COMPLETE_LUA + """
+return out
+"""
+
+# Redis Cluster, per recipient (its slot): joins it to the conversation and queues the message.
+# KEYS: the four offline keys, the recipient's read list; ARGV: as _OFFLINE_ADD.
+_SEND_ENQUEUE = _OFFLINE_ADD_FN + """
+redis.call('HSETNX', KEYS[5], ARGV[3], 0)
+return offline_add(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+
+# Redis Cluster, the conversation's slot, after the queues: KEYS claim, journal.
+_SEND_COMPLETE = _COMPLETE_LUA + "return 1"
+
+# KEYS: claim. The attempt failed: its lease ends now (a claim without a seq is dropped).
+_SEND_ABORT = """
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, 1) ~= 'p' then return 0 end
+local a = string.find(v, ' ', 3, true)
+local b = string.find(v, ' ', a + 1, true)
+local seq = string.sub(v, 3, a - 1)
+if seq == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], 'p ' .. seq .. ' 0 ' .. string.sub(v, b + 1), 'KEEPTTL')
+end
+return 1
+"""
+
+# KEYS: journal, then the claim key the journal names for each seq; ARGV: now ms, then the seqs.
+# A seq is dead when its claim is no longer in flight with that seq under a live lease; a claim
+# still holding it is given up ("x": a retry later is a new send with a new seq). Returns them.
+_SEND_SETTLE = """
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 2, #KEYS do
+  local seq = ARGV[i]
+  if redis.call('HGET', KEYS[1], seq) == KEYS[i] then
+    local v = redis.call('GET', KEYS[i])
+    local holds, alive = false, false
+    if v and string.sub(v, 1, 1) == 'p' then
+      local a = string.find(v, ' ', 3, true)
+      local b = string.find(v, ' ', a + 1, true)
+      holds = string.sub(v, 3, a - 1) == seq
+      alive = holds and now < tonumber(string.sub(v, a + 1, b - 1))
+    end
+    if not alive then
+      if holds then redis.call('SET', KEYS[i], 'x', 'KEEPTTL') end
+      redis.call('HDEL', KEYS[1], seq)
+      out[#out + 1] = tonumber(seq)
+    end
+  end
+end
+return out
+"""
+
+
+def claim_key(conversation_id: str, sender: str, message_id: int) -> str:
+    """In the conversation's slot, so one script claims and sequences (uids exclude ':')."""
+    return f"{PREFIX}:dd:{{{tag(conversation_id)}}}:{sender}:{int(message_id)}"
+
 
 class RedisSendSteps:
-    """interfaces.SendSteps in three Lua scripts, each within one cluster slot: the
-    conversation's (seq + its read mirror), each receiver's (offline queue + read list), the
-    sender's (de-dup claim + read list). The single-store calls took seven round trips per 1:1
-    send and three more per extra group member; this takes three, and one per member."""
+    """interfaces.SendSteps in Lua scripts, each within one cluster slot.
 
-    def __init__(self, pipe: AutoPipeline, sequences: RedisSequenceStore, offline: RedisOfflineStore,
-                 dedup: RedisDedupStore, reads: RedisReadStore) -> None:
+    `begin` is one script in the conversation's slot: the de-dup claim (keyed there for this
+    reason), the next seq (fast path of the counter), the journal entry, the sender's read
+    position in the conversation's read mirror (max) and every recipient joined to it. On a
+    single Redis `finish` is one more script over every key of the send (each recipient's
+    offline queue and read list, the claim, the journal, the sender's read list): two Redis
+    calls per send (there were four, five with the claim). On a Redis Cluster, whose scripts
+    may touch one slot only, finish is one script per recipient, then the claim's and the
+    sender's read list's. The counter's slow path (a new conversation, the end of a leased
+    block, a counter lost with Redis) goes through RedisSequenceStore.next_seq and attaches
+    the seq to the claim with one more script."""
+
+    def __init__(self, pipe: AutoPipeline, sequences: RedisSequenceStore, messages, *, single_node: bool,
+                 ttl_s: float = 24 * 3600, lease_s: float = 10.0) -> None:
         self._p = pipe
         self._sequences = sequences
-        self._offline = offline
-        self._dedup = dedup
-        self._reads = reads
-        self._sequence = pipe.client.register_script(_SEND_SEQUENCE)
-        self._enqueue = pipe.client.register_script(_SEND_ENQUEUE)
-        self._complete = pipe.client.register_script(_SEND_COMPLETE)
+        self._messages = messages  # MessageStore: settle stores the gap markers there
+        self._single = single_node
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._lease_ms = max(1, int(lease_s * 1000))
+        register = pipe.client.register_script
+        self._begin = register(_SEND_BEGIN)
+        self._attach = register(_SEND_ATTACH)
+        self._finish = register(_SEND_FINISH)
+        self._enqueue = register(_SEND_ENQUEUE)
+        self._complete = register(_SEND_COMPLETE)
+        self._abort = register(_SEND_ABORT)
+        self._settle = register(_SEND_SETTLE)
+        self._max = register(_MAX_FIELD)
 
-    async def sequence(self, conversation_id: str, sender: str, recipients: list[str]) -> int:
-        status, seq = await self._p.script(
-            self._sequence, [_key("seq", conversation_id), _key("rdc", conversation_id)], [sender, *recipients]
+    async def begin(self, conversation_id: str, sender: str, message_id: int, recipients: list[str]) -> Begun:
+        now = int(time.time() * 1000)
+        claim = claim_key(conversation_id, sender, message_id)
+        keys = [claim, _key("seq", conversation_id), _key("rdc", conversation_id), _key("infl", conversation_id)]
+        if self._single:
+            keys.append(_key("rdu", sender))
+        reply = await self._p.batch(
+            self._begin, keys, [now, self._lease_ms, self._ttl_ms, conversation_id, sender, *recipients]
         )
+        status = reply[0]
+        if status == 4:
+            return Begun(SendState.NEW, int(reply[1]), int(reply[2]))
         if status == 1:
-            return int(seq)
-        # a new conversation, a counter lost with Redis, or the end of a leased block (one
-        # send in `block`): the sequence store's slow path, then the same read-state steps
-        seq = await self._sequences.next_seq(conversation_id)
-        await self._reads.advance(sender, conversation_id, seq)
-        await await_all(*(self._p.call("HSETNX", _key("rdc", conversation_id), uid, 0) for uid in recipients))
-        return seq
+            return Begun(SendState.RESUMED, int(reply[1]), int(reply[2]))
+        if status == 3:
+            return Begun(SendState.PENDING, int(reply[1]))
+        if status == 2:
+            ack = pb.SendAck.FromString(reply[3][1:])
+            return Begun(SendState.DONE, ack.seq, ack.server_time, ack)
+        # claimed; the counter needs its slow path (one send in `block`)
+        try:
+            seq = await self._sequences.next_seq(conversation_id)
+        except BaseException:
+            await self._p.call("DEL", claim)
+            raise
+        attached = await self._p.script(
+            self._attach, [claim, keys[2], keys[3], *keys[4:]],
+            [seq, int(time.time() * 1000), self._lease_ms, self._ttl_ms, conversation_id, sender, *recipients],
+        )
+        if attached != 1:  # our lease ran out meanwhile and a retry took the claim over
+            await self._messages.mark_gaps(conversation_id, [seq])
+            return Begun(SendState.PENDING, 0)
+        return Begun(SendState.NEW, seq, int(reply[2]))
 
-    async def enqueue(self, uids: list[str], message: pb.Message) -> list[int]:
-        args = [message.message_id, message.SerializeToString(), message.conversation_id, max(0, message.server_time)]
+    async def finish(self, message: pb.Message, body: bytes, recipients: list[str], ack: pb.SendAck) -> list[int]:
+        conv = message.conversation_id
+        sender = getattr(message, "from")
+        claim = claim_key(conv, sender, message.message_id)
+        done = _DONE + ack.SerializeToString()
+        server_ms = max(0, message.server_time)
+        if self._single:
+            keys = [claim, _key("infl", conv)]
+            for uid in recipients:
+                keys += RedisOfflineStore._keys(uid)
+                keys.append(_key("rdu", uid))
+            args = [done, self._ttl_ms, message.seq, conv, message.message_id, body, server_ms]
+            return [int(r) for r in await self._p.batch(self._finish, keys, args)]
+        args = [message.message_id, body, conv, server_ms]
         replies = await await_all(
-            *(self._p.script(self._enqueue, [*RedisOfflineStore._keys(uid), _key("rdu", uid)], args) for uid in uids)
+            *(self._p.script(self._enqueue, [*RedisOfflineStore._keys(uid), _key("rdu", uid)], args) for uid in recipients)
+        )
+        await await_all(
+            self._p.script(self._complete, [claim, _key("infl", conv)], [done, self._ttl_ms, message.seq]),
+            self._p.script(self._max, [_key("rdu", sender)], [conv, int(message.seq)]),
         )
         return [int(r) for r in replies]
 
-    async def complete(self, sender: str, message_id: int, ack: pb.SendAck) -> None:
-        await self._p.script(
-            self._complete,
-            [RedisDedupStore._k(sender, message_id), _key("rdu", sender)],
-            [_DONE + ack.SerializeToString(), self._dedup._ttl_ms, ack.conversation_id, int(ack.seq)],
-        )
+    async def abort(self, conversation_id: str, sender: str, message_id: int) -> None:
+        await self._p.script(self._abort, [claim_key(conversation_id, sender, message_id)], [])
+
+    async def settle(self, conversation_id: str, seqs: list[int]) -> list[int]:
+        latest = (await self._sequences.latest_seqs([conversation_id]))[conversation_id]
+        seqs = sorted({int(s) for s in seqs if 0 < int(s) <= latest})
+        if not seqs:
+            return []
+        journal = _key("infl", conversation_id)
+        held = await self._p.call("HMGET", journal, *seqs)
+        dead = [seq for seq, claim in zip(seqs, held) if claim is None]  # no send holds it
+        named = [(seq, _s(claim)) for seq, claim in zip(seqs, held) if claim is not None]
+        if named:
+            given_up = await self._p.script(
+                self._settle, [journal, *(c for _, c in named)], [int(time.time() * 1000), *(s for s, _ in named)]
+            )
+            dead += [int(s) for s in given_up]
+        return await self._messages.mark_gaps(conversation_id, sorted(dead))

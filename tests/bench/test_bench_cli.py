@@ -45,3 +45,23 @@ def test_throughput_over_websocket_delivers_every_acked_message():
     r = _bench("throughput", "--ws", "--duration", "2", "--clients", "16", "--rate", "300")
     assert r["transport"] == "ws" and r["errors"] == 0 and r["delivered_per_s"] > 0
     assert abs(r["delivered_per_s"] - r["acked_per_s"]) <= 0.02 * r["acked_per_s"] + 1
+
+
+def test_throughput_shows_progress_while_it_runs():
+    """Each second of load prints a progress line on stderr (stdout keeps the one JSON object)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "im_runtime.cli", "bench", "throughput", "--duration", "3", "--clients", "20", "--rate", "400", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    seen_while_running = []
+    for line in proc.stderr:  # read as it comes: the lines must appear before the end
+        if "/3 s" in line:
+            seen_while_running.append((line.strip(), proc.poll() is None))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0
+    assert [s.split()[1] for s, _ in seen_while_running] == ["1/3", "2/3", "3/3"]
+    assert all(running for _, running in seen_while_running)
+    assert "delivered" in seen_while_running[1][0] and "/s" in seen_while_running[1][0]
+    rate = int(seen_while_running[1][0].split("delivered ")[1].split("/s")[0].replace(",", ""))
+    assert rate > 0  # a live figure, not only elapsed seconds
+    assert json.loads(out.strip().splitlines()[-1])["delivered_per_s"] > 0

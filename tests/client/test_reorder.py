@@ -81,3 +81,43 @@ def test_conversations_are_independent():
     t.offer(msg(1, conv="g:x", to="x"), 0)
     assert t.offer(msg(3, conv="g:x", to="x"), 0) == []
     assert seqs(t.offer(msg(1, conv="g:y", to="y", mid=5), 0)) == [1]
+
+
+def gap(seq, conv="s:a:b"):
+    marker = pb.Message(conversation_id=conv, seq=seq, content_type=-1)
+    marker.gap = True
+    return marker
+
+
+def test_a_gap_marker_fills_its_slot_at_once():
+    """History answers a seq that will never carry a message with a gap marker: what waited
+    behind it is released without waiting for expire(), and the marker is never handed over."""
+    t = Timeline("b")
+    t.offer(msg(1), 0)
+    assert t.offer(msg(3), 0) == [] and t.offer(msg(5), 0) == []
+    assert t.gaps(0.5, after=0.5) == [("s:a:b", 1, 3)]
+    assert seqs(t.offer(gap(2), 0.6)) == [3]
+    assert seqs(t.offer(gap(4), 0.6)) == [5]
+    assert t.gaps(100, after=0.5) == [] and t.expire(100, after=10) == []
+    assert (t.gaps_skipped, t.gaps_given_up) == (2, 0)
+    # a marker seen before the message-free slot's neighbours, and a second copy of one
+    assert t.offer(gap(7), 0.7) == [] and t.offer(gap(7), 0.7) == []
+    assert seqs(t.offer(msg(6), 0.7)) == [6]
+    assert seqs(t.offer(msg(8), 0.7)) == [8]
+
+
+def test_a_gap_marker_read_by_content_type_alone():
+    """A client built from the v1 .proto without the `gap` field still sees content_type -1
+    and message_id 0."""
+    t = Timeline("b")
+    t.offer(msg(1), 0)
+    t.offer(msg(3), 0)
+    assert seqs(t.offer(pb.Message(conversation_id="s:a:b", seq=2, content_type=-1), 0.1)) == [3]
+
+
+def test_repeats_are_counted():
+    t = Timeline("b")
+    t.offer(msg(1), 0)
+    t.offer(msg(1), 0)
+    t.offer(msg(2), 0)
+    assert t.repeats == 1

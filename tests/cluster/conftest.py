@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers.backends import Servers, backends
-from tests.servers.redis import free_port
+from tests.servers.redis import RedisServer, free_port, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +76,27 @@ class Topology:
     procs: list[Proc] = field(default_factory=list)
     grpc_port: int = 0
     http_port: int = 0
+    redis: RedisServer | None = None  # a Redis of this test's own (restart_redis); else the session's
+
+    @property
+    def redis_url(self) -> str:
+        return (self.redis or self.servers.redis).url
+
+    def own_redis(self) -> RedisServer:
+        """A Redis for this test alone, so that it may kill and restart it (stopped in teardown)."""
+        self.redis = start_redis(self.base / "redis")
+        return self.redis
+
+    def restart_redis(self) -> float:
+        """SIGKILL of this test's Redis, then a new empty one (no persistence) on the same port:
+        everything Redis held is lost. Returns the seconds it was away."""
+        assert self.redis is not None, "own_redis() first"
+        port = self.redis.port
+        began = time.monotonic()
+        self.redis.process.kill()
+        self.redis.process.wait(timeout=10)
+        self.redis = start_redis(self.base / "redis", pick_port=lambda: port)
+        return time.monotonic() - began
 
     @property
     def http_url(self) -> str:
@@ -86,7 +107,7 @@ class Topology:
             os.environ,
             IMSTACK_ZK=self.servers.zk.hosts,
             IMSTACK_ZK_ROOT=self.zk_root,
-            IMSTACK_REDIS_URL=self.servers.redis.url,
+            IMSTACK_REDIS_URL=self.redis_url,
             IMSTACK_MONGO_URL=self.servers.mongo.url,
             IMSTACK_MONGO_DB=self.mongo_db,
             IMSTACK_ROUTE_GRPC=f"127.0.0.1:{self.grpc_port}",
@@ -166,6 +187,8 @@ class Topology:
                 proc.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+        if self.redis is not None:
+            self.redis.stop()
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
     .venv/bin/python -m tests.storage.bench_cluster [--messages 20000] [--concurrency 256]
 
 Starts its own redis-server and FerretDB, then measures each store call alone and the store
-calls of one delivered 1:1 message (dedup claim, seq, persist, offline add, session lookup,
-dedup complete, receiver ack) with many messages in flight, as a dispatch node would.
+calls of one delivered 1:1 message (begin: claim + seq, persist, finish: offline add + claim
+complete, receiver ack) with many messages in flight, as a dispatch node would.
 """
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ async def bench(redis_url: str, mongo_url: str, n: int, concurrency: int) -> Non
                           content=b"x" * 100, server_time=int(time.time() * 1000))
 
     results = {}
-    results["dedup.claim"] = await run_many(n, concurrency, lambda i: s.dedup.claim(f"s{i % pairs}", i))
+    results["steps.begin (claim + seq)"] = await run_many(
+        n, concurrency, lambda i: s.steps.begin(f"s{i % pairs}:r{i % pairs}", f"s{i % pairs}", i, [f"r{i % pairs}"])
+    )
     # first seq of each conversation: one MongoDB chain step (4 round trips) reserves a block
     results["sequences.next_seq, new conversations"] = await run_many(
         pairs, concurrency, lambda i: s.sequences.next_seq(f"s{i % pairs}:r{i % pairs}")
@@ -60,15 +62,14 @@ async def bench(redis_url: str, mongo_url: str, n: int, concurrency: int) -> Non
     async def deliver(i: int) -> None:
         i += 5 * n
         sender, receiver = f"s{i % pairs}", f"r{i % pairs}"
-        claim = await s.dedup.claim(sender, i)
-        assert claim.state.value == "new"
-        seq = await s.sequences.next_seq(f"{sender}:{receiver}")
-        m = message(i, seq=seq)
-        await s.messages.save(m)
-        await asyncio.gather(
-            s.offline.add(receiver, m), s.sessions.lookup([receiver]),
-            s.dedup.complete(sender, i, pb.SendAck(message_id=i, seq=seq)),
-        )
+        conv = f"{sender}:{receiver}"
+        begun = await s.steps.begin(conv, sender, i, [receiver])
+        assert begun.state.value == "new"
+        m = message(i, seq=begun.seq)
+        setattr(m, "from", sender)
+        body = m.SerializeToString()
+        await s.messages.save(m, body)
+        await s.steps.finish(m, body, [receiver], pb.SendAck(message_id=i, conversation_id=conv, seq=begun.seq))
         await s.offline.ack(receiver, [m.message_id])
 
     results["delivered 1:1 message (all calls)"] = await run_many(n // 4, concurrency, deliver)

@@ -12,7 +12,7 @@ import pytest
 
 from im_runtime.storage.cluster import cluster_stores
 from im_runtime.storage.interfaces import Stores
-from im_runtime.storage.memory import MemoryDedupStore, memory_stores
+from im_runtime.storage.memory import MemorySendSteps, memory_stores
 from tests.servers.ferretdb import FerretDB, start_ferretdb
 from tests.servers.redis import RedisCluster, RedisServer, start_redis, start_redis_cluster
 
@@ -68,10 +68,14 @@ async def engine(request) -> Engine:
     if request.param == "memory":
         stores = memory_stores()
 
-        async def another(*, dedup_ttl_s: float | None = None) -> Stores:
-            if dedup_ttl_s is None:
+        async def another(*, dedup_ttl_s: float | None = None, lease_s: float | None = None) -> Stores:
+            if dedup_ttl_s is None and lease_s is None:
                 return stores
-            return dataclasses.replace(stores, dedup=MemoryDedupStore(ttl_s=dedup_ttl_s))
+            steps = MemorySendSteps(
+                stores.sequences, stores.offline, stores.reads, stores.messages,
+                ttl_s=dedup_ttl_s or 24 * 3600, lease_s=lease_s if lease_s is not None else 10.0,
+            )
+            return dataclasses.replace(stores, steps=steps)
 
         async def lose_fast_state() -> None:
             return None  # nothing volatile beyond the process itself
@@ -86,8 +90,10 @@ async def engine(request) -> Engine:
         redis_urls = [servers.redis.url]
     opened: list[Stores] = []
 
-    async def another(*, dedup_ttl_s: float | None = None) -> Stores:
+    async def another(*, dedup_ttl_s: float | None = None, lease_s: float | None = None) -> Stores:
         kwargs = {} if dedup_ttl_s is None else {"dedup_ttl_s": dedup_ttl_s}
+        if lease_s is not None:
+            kwargs["dedup_pending_ttl_s"] = lease_s
         s = await cluster_stores(redis_urls[0], servers.mongo.url, MONGO_DB, **kwargs)
         opened.append(s)
         return s

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.storage.interfaces import ClaimState
+from im_runtime.protocol.types import is_gap
+from im_runtime.storage.interfaces import SendState
 from tests.storage.conftest import Engine, new_id
 
 pytestmark = pytest.mark.timeout(120)
@@ -186,6 +187,9 @@ async def test_seq_never_goes_backwards_when_the_fast_store_loses_everything(eng
     assert min(after) > await stores.messages.max_seq(conv)
     more = await stores.sequences.next_seq(conv)
     assert more > max(after)
+    if engine.name != "memory":  # the block jump above the stored seqs is marked (no holes)
+        page, _ = await stores.messages.range(conv, after_seq=120, before_seq=min(after), limit=500)
+        assert [x.seq for x in page] == list(range(121, min(after))) and all(is_gap(x) for x in page)
 
 
 # ------------------------------------------------------------------ messages (S11)
@@ -219,12 +223,24 @@ async def test_messages_save_is_idempotent_and_ranges_work(engine: Engine) -> No
     assert await m.range(new_id("c")) == ([], False)
 
 
-# ------------------------------------------------------------------ the send steps (S10-S14)
+# ------------------------------------------------------------------ the send steps (S10-S15)
+
+
+async def send(st, conv: str, sender: str, message_id: int, recipients: list[str]) -> tuple[int, list[int]]:
+    """One whole send as the dispatch service makes it: begin, save, finish."""
+    begun = await st.steps.begin(conv, sender, message_id, recipients)
+    assert begun.state in (SendState.NEW, SendState.RESUMED), begun
+    m = msg(conv, message_id, seq=begun.seq, server_time=begun.server_time)
+    setattr(m, "from", sender)
+    body = m.SerializeToString()
+    await st.messages.save(m, body)
+    ack = pb.SendAck(message_id=message_id, conversation_id=conv, seq=begun.seq, server_time=begun.server_time)
+    return begun.seq, await st.steps.finish(m, body, recipients, ack)
 
 
 async def test_send_steps_leave_what_the_single_stores_would(engine: Engine) -> None:
-    """sequence + enqueue + complete: the sender read up to its seq, every recipient joined
-    and queued, the claim done; across more than one seq block (the slow path every 100)."""
+    """begin + finish: the sender read up to its seq, every recipient joined and queued, the
+    claim done; across more than one seq block (the slow path every 100)."""
     st = engine.stores
     sender, r1, r2 = new_id("u"), new_id("u"), new_id("u")
     conv = new_id("g")
@@ -232,12 +248,9 @@ async def test_send_steps_leave_what_the_single_stores_would(engine: Engine) -> 
     await st.reads.advance(r1, conv, 1)  # a recipient with a position keeps it
     seqs = []
     for i in range(1, 131):
-        assert (await st.dedup.claim(sender, i)).state is ClaimState.NEW
-        seq = await st.steps.sequence(conv, sender, [r1, r2])
+        seq, pending = await send(st, conv, sender, i, [r1, r2])
         seqs.append(seq)
-        pending = await st.steps.enqueue([r1, r2], msg(conv, i, seq=seq))
         assert pending == [i, i]
-        await st.steps.complete(sender, i, pb.SendAck(message_id=i, conversation_id=conv, seq=seq))
     assert seqs == list(range(1, 131))
     assert (await st.sequences.latest_seqs([conv]))[conv] == 130
     assert await st.reads.positions(conv) == {sender: 130, r1: 1, r2: 0}
@@ -245,59 +258,105 @@ async def test_send_steps_leave_what_the_single_stores_would(engine: Engine) -> 
     assert (await st.reads.conversations(r1))[conv] == 1
     assert (await st.reads.conversations(r2))[conv] == 0
     assert await st.offline.backlog(r2) == 130
-    claim = await st.dedup.claim(sender, 7)
-    assert claim.state is ClaimState.DONE and claim.ack.seq == 7
-    # a duplicate enqueue (a retried send) adds nothing
-    assert await st.steps.enqueue([r2], msg(conv, 5, seq=5)) == [130]
+    begun = await st.steps.begin(conv, sender, 7, [r1, r2])
+    assert begun.state is SendState.DONE and begun.ack.seq == 7
+    assert (await st.sequences.latest_seqs([conv]))[conv] == 130  # a duplicate takes no seq
+    # a duplicate finish (a resumed send whose first attempt had queued) adds nothing
+    m = msg(conv, 5, seq=5)
+    setattr(m, "from", sender)
+    assert await st.steps.finish(m, m.SerializeToString(), [r2], pb.SendAck(message_id=5, conversation_id=conv, seq=5)) == [130]
     assert await st.offline.backlog(r2) == 130
 
 
-# ------------------------------------------------------------------ de-dup (S12, S15)
+async def test_begin_claim_states(engine: Engine) -> None:
+    """NEW, then PENDING while in flight, DONE once finished (with the ack), per sender; an
+    aborted send is RESUMED at once with its seq and time; claims are per conversation."""
+    st = engine.stores
+    sender, peer, conv = new_id("u"), new_id("u"), new_id("c")
+    first = await st.steps.begin(conv, sender, 1, [peer])
+    assert first.state is SendState.NEW and first.seq == 1 and first.server_time > 0
+    assert (await st.steps.begin(conv, sender, 1, [peer])).state is SendState.PENDING
+    other = await st.steps.begin(conv, new_id("u"), 1, [peer])  # per sender
+    assert other.state is SendState.NEW and other.seq == 2
+    await st.steps.abort(conv, sender, 1)
+    resumed = await st.steps.begin(conv, sender, 1, [peer])
+    assert (resumed.state, resumed.seq, resumed.server_time) == (SendState.RESUMED, 1, first.server_time)
+    assert (await st.steps.begin(conv, sender, 1, [peer])).state is SendState.PENDING  # resumed holds it
+    seq, _ = await send(st, conv, sender, 3, [peer])
+    done = await st.steps.begin(conv, sender, 3, [peer])
+    assert done.state is SendState.DONE and done.ack.seq == seq == 3 and done.ack.message_id == 3
+    assert (await st.sequences.latest_seqs([conv]))[conv] == 3  # resuming took no new seq
 
 
-async def test_dedup_claim_states(engine: Engine) -> None:
-    d = engine.stores.dedup
-    sender = new_id("u")
-    assert (await d.claim(sender, 1)).state is ClaimState.NEW
-    assert (await d.claim(sender, 1)).state is ClaimState.PENDING
-    assert (await d.claim(new_id("u"), 1)).state is ClaimState.NEW  # per sender
-    ack = pb.SendAck(code=0, message_id=1, conversation_id="c", seq=42, server_time=123)
-    await d.complete(sender, 1, ack)
-    claim = await d.claim(sender, 1)
-    assert claim.state is ClaimState.DONE and claim.ack == ack
-    assert (await d.claim(sender, 2)).state is ClaimState.NEW
-    await d.release(sender, 2)  # the send failed: a retry goes through
-    assert (await d.claim(sender, 2)).state is ClaimState.NEW
-    empty_ack = pb.SendAck()
-    await d.complete(sender, 2, empty_ack)  # an all-defaults ack still reads back as DONE
-    claim = await d.claim(sender, 2)
-    assert claim.state is ClaimState.DONE and claim.ack == empty_ack
+async def test_a_send_whose_node_died_is_resumed_with_its_seq_after_the_lease(engine: Engine) -> None:
+    """S9 with no holes: the first attempt began (took seq 1) and vanished; a retry is PENDING
+    while its lease lasts, then RESUMES with seq 1, so the conversation stays contiguous."""
+    st = await engine.another(lease_s=0.3)
+    sender, peer, conv = new_id("u"), new_id("u"), new_id("c")
+    assert (await st.steps.begin(conv, sender, 1, [peer])).seq == 1  # ...and the node dies
+    assert (await st.steps.begin(conv, sender, 1, [peer])).state is SendState.PENDING
+    deadline = time.monotonic() + 10
+    while (begun := await st.steps.begin(conv, sender, 1, [peer])).state is SendState.PENDING:
+        assert time.monotonic() < deadline, "the lease never ran out"
+        await asyncio.sleep(0.05)
+    assert (begun.state, begun.seq) == (SendState.RESUMED, 1)
+    seq, _ = await send(st, conv, sender, 2, [peer])
+    assert seq == 2
+    page, _ = await st.messages.range(conv, limit=10)
+    assert [m.seq for m in page] == [2]  # seq 1 is still in flight (resumed): not a gap
+    assert await st.steps.settle(conv, [1]) == []
 
 
-async def test_dedup_concurrent_claims_have_one_winner(engine: Engine) -> None:
+async def test_begin_concurrent_claims_have_one_winner(engine: Engine) -> None:
     other = await engine.another()
-    sender = new_id("u")
-    claims = await asyncio.gather(*((engine.stores if i % 2 else other).dedup.claim(sender, 9) for i in range(50)))
-    assert [c.state for c in claims].count(ClaimState.NEW) == 1
+    sender, conv = new_id("u"), new_id("c")
+    begun = await asyncio.gather(*((engine.stores if i % 2 else other).steps.begin(conv, sender, 9, ["x"]) for i in range(50)))
+    assert [b.state for b in begun].count(SendState.NEW) == 1
+    assert (await other.sequences.latest_seqs([conv]))[conv] == 1
 
 
-async def test_dedup_entries_expire(engine: Engine) -> None:
-    d = (await engine.another(dedup_ttl_s=0.5)).dedup
-    sender = new_id("u")
-    assert (await d.claim(sender, 1)).state is ClaimState.NEW
-    await d.complete(sender, 1, pb.SendAck(seq=1))
-    assert (await d.claim(sender, 1)).state is ClaimState.DONE
+async def test_completed_claims_expire(engine: Engine) -> None:
+    st = await engine.another(dedup_ttl_s=0.5)
+    sender, conv = new_id("u"), new_id("c")
+    await send(st, conv, sender, 1, ["x"])
+    assert (await st.steps.begin(conv, sender, 1, ["x"])).state is SendState.DONE
     deadline = time.monotonic() + 10
-    while (state := (await d.claim(sender, 1)).state) is not ClaimState.NEW:
-        assert state is ClaimState.DONE
-        assert time.monotonic() < deadline, "completed de-dup entry never expired"
+    while (begun := await st.steps.begin(conv, sender, 1, ["x"])).state is SendState.DONE:
+        assert time.monotonic() < deadline, "completed claim never expired"
         await asyncio.sleep(0.05)
-    # now a pending claim (the one just made) that is never completed expires too
+    assert begun.state is SendState.NEW and begun.seq == 2  # past the de-dup horizon: a new send
+
+
+async def test_settle_marks_only_seqs_that_will_never_carry_a_message(engine: Engine) -> None:
+    st = await engine.another(lease_s=0.3)
+    sender, peer, conv = new_id("u"), new_id("u"), new_id("c")
+    await send(st, conv, sender, 1, [peer])  # seq 1: stored
+    assert (await st.steps.begin(conv, sender, 2, [peer])).seq == 2  # seq 2: begun, never finished
+    assert await st.sequences.next_seq(conv) == 3  # seq 3: handed out, no send holds it
+    await send(st, conv, sender, 4, [peer])  # seq 4: stored
+    assert await st.steps.settle(conv, [2, 3, 99]) == [3]  # 2 is in flight; 99 was never handed out
     deadline = time.monotonic() + 10
-    while (state := (await d.claim(sender, 1)).state) is not ClaimState.NEW:
-        assert state is ClaimState.PENDING
-        assert time.monotonic() < deadline, "pending de-dup claim never expired"
+    while await st.steps.settle(conv, [2]) != [2]:  # its lease runs out: given up
+        assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
+    page, _ = await st.messages.range(conv, limit=10)
+    assert [(m.seq, is_gap(m)) for m in page] == [(1, False), (2, True), (3, True), (4, False)]
+    gap = page[1]
+    assert (gap.message_id, gap.conversation_id, gap.gap, gap.content_type) == (0, conv, True, -1)
+    again = await st.steps.begin(conv, sender, 2, [peer])  # the client retries after all
+    assert again.state is SendState.NEW and again.seq == 5  # a new seq: seq 2 stays a gap
+    assert await st.steps.settle(conv, [1, 2, 3, 4]) == []  # markers and messages: nothing to do
+
+
+async def test_gap_markers_never_hide_a_message(engine: Engine) -> None:
+    m = engine.stores.messages
+    conv = new_id("c")
+    await m.save(msg(conv, 10, seq=1))
+    await m.mark_gaps(conv, [1, 2, 3])  # 1 holds a message: it stays
+    await m.save(msg(conv, 30, seq=3))  # a send given up on stores after all: it replaces the marker
+    page, _ = await m.range(conv, limit=10)
+    assert [(x.seq, x.message_id, is_gap(x)) for x in page] == [(1, 10, False), (2, 0, True), (3, 30, False)]
+    assert await m.max_seq(conv) == 3
 
 
 # ------------------------------------------------------------------ groups
@@ -659,3 +718,46 @@ async def test_redis_url_with_password_and_database_is_honoured(cluster_servers,
         await admin.aclose()
         await stores.close()
         server.stop()
+
+
+async def test_redis_batches_one_scripts_calls_of_a_loop_turn_into_one_evalsha(cluster_servers) -> None:
+    """pools.AutoPipeline.batch: the calls of one script made in one loop turn run as one
+    EVALSHA of the batched form; each caller gets its own reply; an error fails the batch;
+    a Redis that lost its scripts (SCRIPT FLUSH) is given the batched form again."""
+    import redis.asyncio as aioredis
+
+    from im_runtime.storage.pools import AutoPipeline, redis_client
+
+    url = cluster_servers.redis.url
+    client = redis_client(url)
+    admin = aioredis.Redis.from_url(url)
+    pipe = AutoPipeline(client, url)
+    script = client.register_script("if ARGV[1] == 'boom' then return redis.error_reply('boom') end "
+                                    "return {redis.call('INCRBY', KEYS[1], ARGV[1]), #KEYS}")
+    key = new_id("k")
+    try:
+        await pipe.call("PING")
+
+        async def evalshas() -> int:
+            stats = await admin.info("commandstats")
+            return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+        before = await evalshas()
+        replies = await asyncio.gather(*(pipe.batch(script, [key], [i]) for i in range(1, 51)))
+        assert sorted(r[0] for r in replies) == [sum(range(1, i + 1)) for i in range(1, 51)]
+        assert all(r[1] == 1 for r in replies)  # each item saw its own KEYS
+        assert await evalshas() - before <= 2  # one batch (plus at most a NOSCRIPT retry)
+        good = pipe.batch(script, [key], [1])
+        bad = pipe.batch(script, [key], ["boom"])
+        results = await asyncio.gather(good, bad, return_exceptions=True)
+        assert results[0][0] == sum(range(1, 51)) + 1 and isinstance(results[1], Exception) and "boom" in str(results[1])
+        crash = client.register_script("if ARGV[1] == 'boom' then redis.call('NOSUCHCOMMAND') end return 1")
+        results = await asyncio.gather(pipe.batch(crash, [key], [1]), pipe.batch(crash, [key], ["boom"]), return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in results)  # a raising command fails the batch
+        await admin.script_flush()
+        replies = await asyncio.gather(*(pipe.batch(script, [key], [1]) for _ in range(3)))
+        assert len(replies) == 3 and max(r[0] for r in replies) == sum(range(1, 51)) + 4
+    finally:
+        await pipe.close()
+        await client.aclose()
+        await admin.aclose()

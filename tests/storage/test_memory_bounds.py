@@ -1,7 +1,9 @@
 """The memory engine (all-in-one mode) stays bounded on a long-running laptop stack."""
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.storage.interfaces import ClaimState
-from im_runtime.storage.memory import MemoryDedupStore, MemoryMessageStore
+from im_runtime.storage.interfaces import SendState
+from im_runtime.storage.memory import (
+    MemoryMessageStore, MemoryOfflineStore, MemoryReadStore, MemorySendSteps, MemorySequenceStore,
+)
 
 
 async def test_history_keeps_the_newest_per_conversation_and_exact_max_seq():
@@ -14,9 +16,23 @@ async def test_history_keeps_the_newest_per_conversation_and_exact_max_seq():
     assert await store.max_seq("s:a:b") == 1000
 
 
-async def test_dedup_entries_are_capped_oldest_first():
-    store = MemoryDedupStore(max_entries=10)
+async def test_claims_are_capped_oldest_first():
+    messages = MemoryMessageStore()
+    steps = MemorySendSteps(MemorySequenceStore(), MemoryOfflineStore(), MemoryReadStore(), messages, max_entries=10)
     for i in range(1, 31):
-        assert (await store.claim("a", i)).state is ClaimState.NEW
-    assert (await store.claim("a", 30)).state is ClaimState.PENDING  # recent: remembered
-    assert (await store.claim("a", 1)).state is ClaimState.NEW  # oldest: dropped by the cap
+        assert (await steps.begin("s:a:b", "a", i, ["b"])).state is SendState.NEW
+    assert (await steps.begin("s:a:b", "a", 30, ["b"])).state is SendState.PENDING  # recent: remembered
+    assert (await steps.begin("s:a:b", "a", 1, ["b"])).state is SendState.NEW  # oldest: dropped by the cap
+
+
+async def test_trimmed_history_is_never_taken_for_gaps():
+    """Seqs the memory engine dropped to stay bounded held messages: settle must not mark them."""
+    messages = MemoryMessageStore(per_conversation=10)
+    sequences = MemorySequenceStore()
+    steps = MemorySendSteps(sequences, MemoryOfflineStore(), MemoryReadStore(), messages)
+    for _ in range(30):
+        seq = await sequences.next_seq("s:a:b")
+        await messages.save(pb.Message(message_id=seq, conversation_id="s:a:b", seq=seq))
+    kept = {m.seq for m in (await messages.range("s:a:b", limit=100))[0]}
+    assert 1 not in kept
+    assert await steps.settle("s:a:b", list(range(1, 31))) == []

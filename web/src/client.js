@@ -16,7 +16,7 @@
 // unread, kick, servererror. Timers and randomness are injectable for tests.
 import { decodeFrame, encodeFrame, FrameError } from "./codec.js";
 import { BODY_TYPES, ConversationType, ErrorCode, RequestType, conversationId, decodeBody, encodeBody, pb } from "./proto.js";
-import { ConversationOrder, SeenIds } from "./order.js";
+import { ConversationOrder, SeenIds, isGap } from "./order.js";
 
 export const Status = Object.freeze({
   IDLE: "idle",
@@ -598,6 +598,11 @@ export class ImClient extends EventTarget {
 
   /** De-dup by id, reorder by seq, emit in order; pulls the history of a gap. */
   _accept(msg, source) {
+    if (isGap(msg)) {
+      // history's marker for a seq that will never carry a message: skip it at once
+      this._deliver(this._order(msg.conversation_id).addGap(msg.seq));
+      return;
+    }
     if (!this._seen.add(msg.message_id)) return;
     const order = this._order(msg.conversation_id);
     this._sources.set(String(msg.message_id), source);
@@ -631,7 +636,8 @@ export class ImClient extends EventTarget {
           });
           const msgs = resp.messages.slice().sort((a, b) => a.seq - b.seq);
           for (const m of msgs) this._accept(m, "gap");
-          if (msgs.length) this._sendPushAck(msgs.map((m) => m.message_id));
+          const ids = msgs.filter((m) => !isGap(m)).map((m) => m.message_id);
+          if (ids.length) this._sendPushAck(ids);
           if (!msgs.length) break;
         } catch (err) {
           this._log("gap_pull_failed", String(err));
@@ -685,17 +691,28 @@ export class ImClient extends EventTarget {
    * sets the conversation's ordering baseline (what came before is known).
    */
   async history(conv, { beforeSeq = 0, afterSeq = 0, limit = this.opts.historyPageSize } = {}) {
-    const resp = await this._request(RequestType.PULL_HISTORY_REQ, {
-      conversation_id: conv,
-      before_seq: beforeSeq,
-      after_seq: afterSeq,
-      limit,
-    });
-    const messages = resp.messages.slice().sort((a, b) => a.seq - b.seq);
-    for (const m of messages) this._seen.add(m.message_id);
-    if (!beforeSeq && messages.length) {
-      this._deliver(this._order(conv).setBaseline(messages[messages.length - 1].seq));
+    // Gap markers (seqs that carry no message) are left out of the page; a page of markers
+    // only (after a server lost its seq counters) is followed further back, so a page shows
+    // messages whenever there are older ones.
+    let before = beforeSeq;
+    let messages = [];
+    let resp;
+    for (let round = 0; round < 20; round++) {
+      resp = await this._request(RequestType.PULL_HISTORY_REQ, {
+        conversation_id: conv,
+        before_seq: before,
+        after_seq: afterSeq,
+        limit,
+      });
+      const entries = resp.messages.slice().sort((a, b) => a.seq - b.seq);
+      if (!beforeSeq && round === 0 && entries.length) {
+        this._deliver(this._order(conv).setBaseline(entries[entries.length - 1].seq));
+      }
+      messages = entries.filter((m) => !isGap(m));
+      if (messages.length || !resp.has_more || !entries.length || afterSeq) break;
+      before = entries[0].seq;
     }
+    for (const m of messages) this._seen.add(m.message_id);
     return { messages, has_more: resp.has_more };
   }
 

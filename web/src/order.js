@@ -5,7 +5,16 @@
 // the client delivers each message once and, within a conversation, in seq order. A message
 // that jumps ahead of the next expected seq is held and the missing range is reported as a
 // gap for the client to pull with PULL_HISTORY_REQ; when the pull cannot fill it the client
-// calls `skipGap()` so a lost message never blocks the conversation for good.
+// calls `skipGap()` so a lost message never blocks the conversation for good. History answers
+// a seq that will never carry a message with a gap marker (docs/protocol.md): `addGap` fills
+// its slot at once, delivering nothing.
+
+/** A gap marker: a history entry for a seq handed out that carries no message. */
+export function isGap(msg) {
+  return Boolean(msg.gap) || (msg.content_type === -1 && String(msg.message_id) === "0");
+}
+
+const GAP = Symbol("gap"); // a held slot that is a marker: filled, nothing to deliver
 
 /** A bounded set of recently seen ids (oldest forgotten first). */
 export class SeenIds {
@@ -60,6 +69,7 @@ export class ConversationOrder {
   get gap() {
     if (!this.held.size || this.last === null) return null;
     const first = Math.min(...this.held.keys());
+    if (first === this.last + 1) return null; // (only transiently: _drain takes it)
     return { after_seq: this.last, before_seq: first };
   }
 
@@ -89,6 +99,15 @@ export class ConversationOrder {
     return { deliver: [], gap: hadGap ? null : this.gap };
   }
 
+  /** A gap marker for `seq`: its slot is filled without a message. Returns what is now in order. */
+  addGap(seq) {
+    if (this.delivered.has(seq) || this.held.has(seq)) return [];
+    if (this.last === null) this.last = seq - 1;
+    if (seq <= this.last) return [];
+    this.held.set(seq, GAP);
+    return this._drain([]);
+  }
+
   /** Gives up on the current gap: delivers held messages up to the next hole. */
   skipGap() {
     if (!this.held.size) return [];
@@ -103,7 +122,7 @@ export class ConversationOrder {
       this.held.delete(this.last + 1);
       this.last += 1;
       this._markDelivered(this.last);
-      deliver.push(next);
+      if (next !== GAP) deliver.push(next);
     }
     return deliver;
   }

@@ -272,6 +272,26 @@ test("a gap the history cannot fill is skipped, not waited on forever", async (t
   assert.equal(server.frames(T.PULL_HISTORY_REQ).length, 1);
 });
 
+test("gap markers from history fill their seqs at once and never reach the app", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  const m1 = server.store({ from: "bob", to: "alice", text: "1" });
+  const lost = server.store({ from: "bob", to: "alice", text: "2 (never carried: marked)" });
+  const m3 = server.store({ from: "bob", to: "alice", text: "3" });
+  const list = server.stored.get(m1.conversation_id); // the server stores a marker at seq 2
+  list[1] = { message_id: "0", conversation_id: m1.conversation_id, seq: lost.seq, content_type: -1, gap: true };
+  server.push(m1);
+  server.push(m3);
+  await until(() => events.message.length === 2, { what: "3 after the marker of 2" });
+  assert.deepEqual(events.message.map((e) => [e.message.seq, e.source]), [[1, "push"], [3, "push"]]);
+  assert.equal(server.frames(T.PULL_HISTORY_REQ).length, 1, "one history read, no second round");
+  const acked = server.frames(T.PUSH_ACK).flatMap((f) => f.body.message_ids);
+  assert.ok(!acked.includes("0"), "a marker is not acked");
+  const page = await client.history(m1.conversation_id, { limit: 10 });
+  assert.deepEqual(page.messages.map((m) => m.seq), [1, 3], "history pages leave markers out");
+});
+
 test("a KICK without an address reconnects through the normal path with backoff", async (t) => {
   const server = new FakeServer();
   const { client, events } = await online(server);

@@ -89,3 +89,25 @@ test("SeenIds de-duplicates and forgets the oldest past its limit", () => {
   assert.equal(seen.has("1"), false);
   assert.equal(seen.has("3"), true);
 });
+
+test("a gap marker fills its slot at once and is never delivered", async () => {
+  const { isGap } = await import("../src/order.js");
+  const o = new ConversationOrder();
+  o.setBaseline(0);
+  o.add(m(1));
+  assert.deepEqual(o.add(m(3)).deliver, []);
+  assert.deepEqual(o.add(m(5)).deliver, []);
+  assert.deepEqual(o.gap, { after_seq: 1, before_seq: 3 });
+  assert.deepEqual(seqs(o.addGap(2)), [3]); // the marker of seq 2 lets 3 through
+  assert.deepEqual(seqs(o.addGap(4)), [5]);
+  assert.equal(o.gap, null);
+  assert.equal(o.last, 5);
+  assert.deepEqual(o.addGap(7), []); // ahead of a hole: held as filled
+  assert.deepEqual(o.addGap(7), []);
+  assert.deepEqual(seqs(o.add(m(6)).deliver), [6]);
+  assert.equal(o.last, 7);
+  assert.deepEqual(seqs(o.add(m(8)).deliver), [8]);
+  assert.ok(isGap({ gap: true, seq: 2, message_id: "0" }));
+  assert.ok(isGap({ content_type: -1, seq: 2, message_id: "0" })); // without the gap field
+  assert.ok(!isGap({ content_type: -1, seq: 2, message_id: "12" }));
+});

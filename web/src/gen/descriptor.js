@@ -145,6 +145,10 @@ export default {
         "server_time": {
          "type": "int64",
          "id": 9
+        },
+        "gap": {
+         "type": "bool",
+         "id": 10
         }
        }
       },
