@@ -27,7 +27,7 @@ import time
 from typing import Iterable, Protocol
 
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.storage.interfaces import Claim, ClaimState
+from im_runtime.storage.interfaces import Claim, ClaimState, OfflinePage
 from im_runtime.storage.pools import AutoPipeline, await_all
 
 PREFIX = "im"
@@ -104,91 +104,298 @@ class RedisSessionStore:
         return sum(replies[:-1])
 
 
-# --------------------------------------------------------------------------- offline (S10, S18)
+# --------------------------------------------------------------------------- timeline (S10, S18)
 
-# KEYS: queue zset, index hash, pending hash, last-score string
-# ARGV: message_id, message bytes, conversation_id, server_time_ms
-_OFFLINE_ADD = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  return tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
+# Every timeline script: KEYS = the six keys of RedisOfflineStore._keys (one user, one slot);
+# ARGV[1..3] = now ms, retention ms, max devices; the script's own arguments from ARGV[4].
+# The helpers are the memory engine's steps (memory.MemoryOfflineStore), one for one.
+_TIMELINE_PRELUDE = r"""
+local TL, TLM, TLP, TLL, TLD, TLA = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local NOW, RETENTION, MAXDEV = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function fmt(n) return string.format('%.0f', n) end
+local function count(conv, delta)
+  if redis.call('HINCRBY', TLP, conv, delta) <= 0 then redis.call('HDEL', TLP, conv) end
 end
-local score = tonumber(ARGV[4]) * 1000
-local last = tonumber(redis.call('GET', KEYS[4]) or '0')
-if score <= last then score = last + 1 end
-local s = string.format('%.0f', score)
-redis.call('SET', KEYS[4], s)
-redis.call('ZADD', KEYS[1], s, ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], s .. ' ' .. ARGV[3])
-return redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-"""
-
-# KEYS: queue zset, index hash, pending hash; ARGV: message ids
-_OFFLINE_ACK = """
-local removed = 0
-for i = 1, #ARGV do
-  local entry = redis.call('HGET', KEYS[2], ARGV[i])
-  if entry then
-    local sp = string.find(entry, ' ', 1, true)
-    local score = string.sub(entry, 1, sp - 1)
-    local conv = string.sub(entry, sp + 1)
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], score, score)
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    if redis.call('HINCRBY', KEYS[3], conv, -1) <= 0 then redis.call('HDEL', KEYS[3], conv) end
-    removed = removed + 1
+local function pending(conv) return tonumber(redis.call('HGET', TLP, conv) or '0') end
+local function conv_of(v) return string.sub(v, 2, string.find(v, '\n', 2, true) - 1) end
+local function parse(v)
+  local sp = string.find(v, ' ', 1, true)
+  return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+end
+local function drop(id, pos, devices)
+  local v = redis.call('HGET', TLM, id)
+  if v then
+    if string.byte(v, 1) == 48 then count(conv_of(v), -1) end
+    redis.call('HDEL', TLM, id)
+  end
+  redis.call('ZREM', TL, id)
+  if devices then
+    for _, d in ipairs(devices) do redis.call('HDEL', TLA, d .. '\n' .. pos) end
   end
 end
-return removed
+local function expire()
+  local cutoff = (NOW - RETENTION) * 1000
+  if cutoff <= 0 then return end
+  local rows = redis.call('ZRANGEBYSCORE', TL, '-inf', '(' .. fmt(cutoff), 'WITHSCORES', 'LIMIT', 0, 100)
+  if #rows == 0 then return end
+  local devices = redis.call('HKEYS', TLD)
+  for i = 1, #rows, 2 do drop(rows[i], fmt(tonumber(rows[i + 1])), devices) end
+end
+local function forget_marks(name, upto)
+  local prefix = name .. '\n'
+  local n = #prefix
+  for _, f in ipairs(redis.call('HKEYS', TLA)) do
+    if string.sub(f, 1, n) == prefix and (not upto or tonumber(string.sub(f, n + 1)) <= upto) then
+      redis.call('HDEL', TLA, f)
+    end
+  end
+end
+local function device(name)
+  local v = redis.call('HGET', TLD, name)
+  if v then return (parse(v)) end
+  if redis.call('HLEN', TLD) >= MAXDEV then
+    local all = redis.call('HGETALL', TLD)
+    local oldest, oldest_seen = nil, nil
+    for i = 1, #all, 2 do
+      local _, seen = parse(all[i + 1])
+      if not oldest or seen < oldest_seen then oldest, oldest_seen = all[i], seen end
+    end
+    redis.call('HDEL', TLD, oldest)
+    forget_marks(oldest, nil)
+  end
+  return 0
+end
+local function save(name, cursor) redis.call('HSET', TLD, name, fmt(cursor) .. ' ' .. fmt(NOW)) end
+local function mark(name, cursor, id)
+  local s = redis.call('ZSCORE', TL, id)
+  if not s then return false end
+  local pos = tonumber(s)
+  if pos <= cursor then return false end
+  if redis.call('HSETNX', TLA, name .. '\n' .. fmt(pos), '1') == 0 then return false end
+  local v = redis.call('HGET', TLM, id)
+  if v and string.byte(v, 1) == 48 then
+    redis.call('HSET', TLM, id, '1' .. string.sub(v, 2))
+    count(conv_of(v), -1)
+  end
+  return true
+end
+local function advance(name, cursor)
+  if redis.call('HLEN', TLA) == 0 then return cursor end
+  while true do
+    local rows = redis.call('ZRANGEBYSCORE', TL, '(' .. fmt(cursor), '+inf', 'WITHSCORES', 'LIMIT', 0, 64)
+    for i = 2, #rows, 2 do
+      local pos = tonumber(rows[i])
+      if redis.call('HDEL', TLA, name .. '\n' .. fmt(pos)) == 0 then return cursor end
+      cursor = pos
+    end
+    if #rows < 128 then return cursor end
+  end
+end
+local function clean()
+  local all = redis.call('HGETALL', TLD)
+  local stale = NOW - RETENTION
+  local floor = nil
+  for i = 1, #all, 2 do
+    local cursor, seen = parse(all[i + 1])
+    if seen < stale then
+      redis.call('HDEL', TLD, all[i])
+      forget_marks(all[i], nil)
+    elseif not floor or cursor < floor then
+      floor = cursor
+    end
+  end
+  if not floor then return end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', TL, '-inf', fmt(floor), 'LIMIT', 0, 500)) do drop(id, nil, nil) end
+end
 """
+
+# ARGV[4..]: message id, message bytes, conversation, server time ms, has holder ('1'/'0'), holder
+_TIMELINE_ADD_BODY = r"""
+expire()
+local id, conv = ARGV[4], ARGV[6]
+if redis.call('ZSCORE', TL, id) then return pending(conv) end
+local pos = tonumber(ARGV[7]) * 1000
+local last = tonumber(redis.call('GET', TLL) or '0')
+if pos <= last then pos = last + 1 end
+redis.call('SET', TLL, fmt(pos))
+if ARGV[8] == '1' then
+  local name = ARGV[9]
+  local cursor = device(name)
+  local others = redis.call('HLEN', TLD) - redis.call('HEXISTS', TLD, name)
+  if cursor >= last and others == 0 then
+    save(name, pos)  -- the only device, and it has everything: no entry needed
+    return pending(conv)
+  end
+  redis.call('ZADD', TL, fmt(pos), id)
+  redis.call('HSET', TLM, id, '1' .. conv .. '\n' .. ARGV[5])
+  redis.call('HSET', TLA, name .. '\n' .. fmt(pos), '1')
+  save(name, advance(name, cursor))
+  clean()
+  return pending(conv)
+end
+redis.call('ZADD', TL, fmt(pos), id)
+redis.call('HSET', TLM, id, '0' .. conv .. '\n' .. ARGV[5])
+return redis.call('HINCRBY', TLP, conv, 1)
+"""
+_TIMELINE_ADD = _TIMELINE_PRELUDE + _TIMELINE_ADD_BODY
+
+# ARGV[4..]: device, cursor, limit, resume cursor, acked ids...
+# Returns {next_cursor, device cursor, has_more, entry values...}.
+_TIMELINE_PULL = _TIMELINE_PRELUDE + r"""
+local name = ARGV[4]
+local cursor = device(name)
+for i = 8, #ARGV do mark(name, cursor, ARGV[i]) end
+local resume = tonumber(ARGV[7])
+if resume > cursor then
+  local last = tonumber(redis.call('GET', TLL) or '0')
+  if resume > last then resume = last end
+  if resume > cursor then
+    cursor = resume
+    forget_marks(name, cursor)
+  end
+end
+cursor = advance(name, cursor)
+save(name, cursor)
+clean()
+local start = tonumber(ARGV[5])
+if cursor > start then start = cursor end
+local limit = tonumber(ARGV[6])
+local ids, next_cursor, more, from = {}, start, 0, start
+while true do
+  local rows = redis.call('ZRANGEBYSCORE', TL, '(' .. fmt(from), '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
+  for i = 1, #rows, 2 do
+    local pos = tonumber(rows[i + 1])
+    from = pos
+    if redis.call('HEXISTS', TLA, name .. '\n' .. fmt(pos)) == 0 then
+      if #ids >= limit then more = 1 break end
+      ids[#ids + 1] = rows[i]
+      next_cursor = pos
+    end
+  end
+  if more == 1 or #rows < 2 * (limit + 1) then break end
+end
+local reply = {next_cursor, cursor, more}
+for _, id in ipairs(ids) do reply[#reply + 1] = redis.call('HGET', TLM, id) end
+return reply
+"""
+
+# ARGV[4..]: device, message ids... Returns how many the device had not acked.
+_TIMELINE_ACK = _TIMELINE_PRELUDE + r"""
+local name = ARGV[4]
+local cursor = device(name)
+local newly = 0
+for i = 5, #ARGV do
+  if mark(name, cursor, ARGV[i]) then newly = newly + 1 end
+end
+save(name, advance(name, cursor))
+clean()
+return newly
+"""
+
+# KEYS: the timeline's entries hash; ARGV: message id, "<conversation>\n" prefix, new bytes.
+# Replaces the entry's message, keeping its flag, if it is there and of that conversation.
+_TIMELINE_REVISE = r"""
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or string.sub(v, 2, 1 + #ARGV[2]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.sub(v, 1, 1) .. ARGV[2] .. ARGV[3])
+return 1
+"""
+
+# ARGV[4]: device. Entries it has not acked (all entries for an unknown device); no changes.
+_TIMELINE_BACKLOG = _TIMELINE_PRELUDE + r"""
+local v = redis.call('HGET', TLD, ARGV[4])
+if not v then return redis.call('ZCARD', TL) end
+local cursor = parse(v)
+local prefix = ARGV[4] .. '\n'
+local marks = 0
+for _, f in ipairs(redis.call('HKEYS', TLA)) do
+  if string.sub(f, 1, #prefix) == prefix then marks = marks + 1 end
+end
+return redis.call('ZCOUNT', TL, '(' .. fmt(cursor), '+inf') - marks
+"""
+
+
+def _entry_message(value: bytes) -> pb.Message:
+    """An entry value is b"<flag><conversation>\n<message bytes>"."""
+    return pb.Message.FromString(value[value.index(b"\n") + 1 :])
 
 
 class RedisOfflineStore:
-    """Per receiver, all in slot {t(uid)}: `im:off` zset (score = cursor, member = message
-    bytes), `im:offi` hash message_id -> "score conversation" (de-dup of a message id and ack by
-    id), `im:offp` hash conversation -> pending count, `im:offl` last score handed out (kept
-    after the queue empties, so cursors keep growing)."""
+    """interfaces.OfflineStore, per user all in slot {t(uid)} (docs/storage.md, "Timeline"):
+    `im:tl` zset message id -> position (the timeline), `im:tlm` hash message id -> flag +
+    conversation + message bytes, `im:tlp` hash conversation -> entries no device acked
+    (PULL_NOTIFY), `im:tll` last position handed out (kept when the timeline empties, so
+    positions keep growing), `im:tld` hash device -> "cursor last-seen-ms" (the registry),
+    `im:tla` hash "device\\nposition" -> 1 (acks above a cursor, until it passes them).
+    Every call is one Lua script. Nothing is stored per (message, device): memory per message
+    does not grow with devices."""
 
-    def __init__(self, pipe: AutoPipeline) -> None:
+    def __init__(self, pipe: AutoPipeline, *, retention_s: float = 7 * 24 * 3600, max_devices: int = 16) -> None:
         self._p = pipe
-        self._add = pipe.client.register_script(_OFFLINE_ADD)
-        self._ack = pipe.client.register_script(_OFFLINE_ACK)
+        self._retention_ms = int(retention_s * 1000)
+        self._max_devices = int(max_devices)
+        self._add = pipe.client.register_script(_TIMELINE_ADD)
+        self._pull = pipe.client.register_script(_TIMELINE_PULL)
+        self._ack = pipe.client.register_script(_TIMELINE_ACK)
+        self._backlog = pipe.client.register_script(_TIMELINE_BACKLOG)
+        self._revise = pipe.client.register_script(_TIMELINE_REVISE)
 
     @staticmethod
     @functools.lru_cache(maxsize=1 << 14)
-    def _keys(uid: str) -> tuple[str, str, str, str]:
-        return _key("off", uid), _key("offi", uid), _key("offp", uid), _key("offl", uid)
+    def _keys(uid: str) -> tuple[str, str, str, str, str, str]:
+        return tuple(_key(kind, uid) for kind in ("tl", "tlm", "tlp", "tll", "tld", "tla"))  # type: ignore[return-value]
 
-    async def add(self, uid: str, message: pb.Message) -> int:
-        server_ms = max(0, message.server_time)  # no time given: the per-user +1 keeps the order
-        return int(
-            await self._p.script(
-                self._add, self._keys(uid), [message.message_id, message.SerializeToString(), message.conversation_id, server_ms]
-            )
+    def _common(self) -> list:
+        return [int(time.time() * 1000), self._retention_ms, self._max_devices]
+
+    def add_args(self, message: pb.Message, holder: str | None) -> list:
+        """ARGV of the add script (the send path's enqueue script shares it)."""
+        return [
+            *self._common(), message.message_id, message.SerializeToString(), message.conversation_id,
+            max(0, message.server_time),  # no time given: the per-user +1 keeps the order
+            "0" if holder is None else "1", holder or "",
+        ]
+
+    async def add(self, uid: str, message: pb.Message, *, holder: str | None = None) -> int:
+        return int(await self._p.script(self._add, self._keys(uid), self.add_args(message, holder)))
+
+    async def pull(
+        self, uid: str, cursor: int, limit: int, *, device: str = "", resume_cursor: int = 0, acked_ids: Iterable[int] = ()
+    ) -> OfflinePage:
+        ids = [int(m) for m in dict.fromkeys(acked_ids)]
+        reply = await self._p.script(
+            self._pull, self._keys(uid),
+            [*self._common(), device, max(0, int(cursor)), max(0, int(limit)), max(0, int(resume_cursor)), *ids],
         )
+        next_cursor, device_cursor, more = (int(v) for v in reply[:3])
+        return OfflinePage([_entry_message(v) for v in reply[3:]], bool(more), next_cursor, device_cursor)
 
-    async def pull(self, uid: str, cursor: int, limit: int) -> tuple[list[pb.Message], bool, int]:
-        if limit <= 0:
-            return [], await self._p.call("ZCOUNT", _key("off", uid), f"({int(cursor)}", "+inf") > 0, cursor
-        flat = await self._p.call(
-            "ZRANGE", _key("off", uid), f"({int(cursor)}", "+inf", "BYSCORE", "LIMIT", 0, limit + 1, "WITHSCORES"
-        )
-        if flat and isinstance(flat[0], (list, tuple)):  # redis-py already paired them
-            rows = [(m, sc) for m, sc in flat]
-        else:
-            rows = list(zip(flat[0::2], flat[1::2]))  # (member, score) pairs
-        has_more = len(rows) > limit
-        rows = rows[:limit]
-        messages = [pb.Message.FromString(raw) for raw, _ in rows]
-        next_cursor = int(float(rows[-1][1])) if rows else cursor
-        return messages, has_more, next_cursor
-
-    async def ack(self, uid: str, message_ids: Iterable[int]) -> int:
+    async def ack(self, uid: str, message_ids: Iterable[int], *, device: str = "") -> int:
         ids = [int(m) for m in dict.fromkeys(message_ids)]
         if not ids:
             return 0
-        return int(await self._p.script(self._ack, self._keys(uid)[:3], ids))
+        return int(await self._p.script(self._ack, self._keys(uid), [*self._common(), device, *ids]))
 
-    async def backlog(self, uid: str) -> int:
-        return int(await self._p.call("HLEN", _key("offi", uid)))
+    async def revise(self, uid: str, message: pb.Message) -> bool:
+        """Same message id and conversation; the seq is checked after (an id is unique per
+        sender, so a clash within one conversation would need a client reusing its ids)."""
+        current = await self._p.call("HGET", _key("tlm", uid), message.message_id)
+        if current is None or _entry_message(current).seq != message.seq:
+            return False
+        return bool(await self._p.script(
+            self._revise, [_key("tlm", uid)],
+            [message.message_id, message.conversation_id + "\n", message.SerializeToString()],
+        ))
+
+    async def backlog(self, uid: str, *, device: str | None = None) -> int:
+        if device is None:
+            return int(await self._p.call("ZCARD", _key("tl", uid)))
+        return int(await self._p.script(self._backlog, self._keys(uid), [*self._common(), device]))
+
+    async def devices(self, uid: str) -> dict[str, int]:
+        raw = await self._p.call("HGETALL", _key("tld", uid))
+        pairs = raw.items() if isinstance(raw, dict) else zip(raw[0::2], raw[1::2])
+        return {_s(d): int(_s(v).split(" ", 1)[0]) for d, v in pairs}
 
 
 # --------------------------------------------------------------------------- sequences (S11, S12)
@@ -490,11 +697,11 @@ for i = 2, #ARGV do redis.call('HSETNX', KEYS[2], ARGV[i], 0) end
 return {1, seq}
 """
 
-# KEYS: the four offline keys of _OFFLINE_ADD, the receiver's read list (`rdu`);
-# ARGV: as _OFFLINE_ADD. Joins the receiver to the conversation, then adds.
-_SEND_ENQUEUE = """
-redis.call('HSETNX', KEYS[5], ARGV[3], 0)
-""" + _OFFLINE_ADD
+# KEYS: the six timeline keys, the receiver's read list (`rdu`); ARGV: as the timeline add.
+# Joins the receiver to the conversation, then adds.
+_SEND_ENQUEUE = _TIMELINE_PRELUDE + """
+redis.call('HSETNX', KEYS[7], ARGV[6], 0)
+""" + _TIMELINE_ADD_BODY
 
 # KEYS: de-dup key, the sender's read list (`rdu`); ARGV: done value, ttl ms, conversation, seq.
 _SEND_COMPLETE = """
@@ -536,7 +743,7 @@ class RedisSendSteps:
         return seq
 
     async def enqueue(self, uids: list[str], message: pb.Message) -> list[int]:
-        args = [message.message_id, message.SerializeToString(), message.conversation_id, max(0, message.server_time)]
+        args = self._offline.add_args(message, None)
         replies = await await_all(
             *(self._p.script(self._enqueue, [*RedisOfflineStore._keys(uid), _key("rdu", uid)], args) for uid in uids)
         )
