@@ -201,7 +201,7 @@ class GatewayConnection:
             metrics.AUTH_RESULTS.labels("ok").inc()
             for old in self.node.same_device(auth.uid, auth.device_id):
                 old.kick(409, "signed in on the same device elsewhere", reason="replaced")
-            core.authenticated(auth.uid, auth.device_id)
+            core.authenticated(auth.uid, auth.device_id, frozenset(auth.features))
             self.node.bound(self)
             self.send(encode_message(RequestType.AUTH_RESP, req.sequence, resp))
             return

@@ -22,6 +22,7 @@ from im_runtime.cluster.links import LinkServer, deliver_body
 from im_runtime.cluster.probes import serve_probes
 from im_runtime.cluster.zk import ZkRegistry
 from im_runtime.config import Settings
+from im_runtime.dispatch import offline_push
 from im_runtime.dispatch.service import DispatchService
 from im_runtime.idgen.segment import SegmentGenerator
 from im_runtime.idgen.snowflake import SnowflakeGenerator
@@ -57,20 +58,26 @@ class ClusterPusher:
     def __init__(self, route: RouteClient, links: LinkServer) -> None:
         self.route = route
         self.links = links
-        self._queue: deque[tuple[list[str], bytes]] = deque()
+        # (uids, frame, skip_device, feature, message to announce to the offline ones)
+        self._queue: deque[tuple[list[str], bytes, str | None, str, pb.Message | None]] = deque()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self.lookups = 0
         self.dropped = 0
+        # called with the uids that have no session for a message: the offline push webhook
+        self.offline_sink = None
 
-    async def deliver(self, uids: list[str], frame: bytes) -> None:
+    async def deliver(
+        self, uids: list[str], frame: bytes, *, skip_device: str | None = None, feature: str = "",
+        offline: pb.Message | None = None,
+    ) -> None:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
         for _ in range(500):  # backpressure, bounded: a stuck route must not stall sends
             if len(self._queue) < self.MAX_QUEUED:
                 break
             await asyncio.sleep(0.01)
-        self._queue.append((uids, frame))
+        self._queue.append((uids, frame, skip_device, feature, offline))
         self._wake.set()
 
     async def _run(self) -> None:
@@ -84,14 +91,20 @@ class ClusterPusher:
                 batch = [queue.popleft() for _ in range(min(self.MAX_BATCH, len(queue)))]
                 try:
                     self.lookups += 1
-                    nodes = await self.route.lookup({u for uids, _ in batch for u in uids})
+                    nodes = await self.route.lookup({u for item in batch for u in item[0]})
                 except Exception:
                     log.warning("route lookup failed; %d pushes wait offline", len(batch), exc_info=True)
                     continue
-                for uids, frame in batch:
-                    self._write(uids, frame, nodes)
+                for uids, frame, skip_device, feature, offline in batch:
+                    self._write(uids, frame, nodes, skip_device, feature)
+                    if offline is not None and self.offline_sink is not None:
+                        away = [u for u in uids if u not in nodes]
+                        if away:
+                            self.offline_sink(away, offline)
 
-    def _write(self, uids: list[str], frame: bytes, nodes: dict[str, list[str]]) -> None:
+    def _write(
+        self, uids: list[str], frame: bytes, nodes: dict[str, list[str]], skip_device: str | None = None, feature: str = ""
+    ) -> None:
         by_node: dict[str, list[str]] = {}
         for uid in uids:
             for node in nodes.get(uid, ()):
@@ -105,7 +118,7 @@ class ClusterPusher:
                 # message waits offline and its receivers pull it.
                 self.dropped += 1
                 continue
-            link.write(encode_frame(RequestType.DELIVER, 0, deliver_body(node_uids, frame)))
+            link.write(encode_frame(RequestType.DELIVER, 0, deliver_body(node_uids, frame, skip_device, feature)))
 
     def close(self) -> None:
         if self._worker is not None:
@@ -127,7 +140,8 @@ class DispatchRole:
         # A send that dies with its dispatch node leaves a pending de-dup claim; it frees
         # itself after this many seconds so the client's retry can go through (S9).
         self.stores = await cluster_stores(
-            s.redis_url, s.mongo_url, s.mongo_db, dedup_pending_ttl_s=self.dedup_pending_ttl_s
+            s.redis_url, s.mongo_url, s.mongo_db, dedup_pending_ttl_s=self.dedup_pending_ttl_s,
+            timeline_retention_s=s.timeline_retention_s, max_devices=s.max_devices,
         )
         if s.id_mode == "segment":
             ids = SegmentGenerator(self.stores.segments)
@@ -138,7 +152,11 @@ class DispatchRole:
         self.route = RouteClient(s.route_grpc)
         self.links = LinkServer(self.handle)
         self.pusher = ClusterPusher(self.route, self.links)
-        self.service = DispatchService(self.stores, ids, self.pusher)
+        self.webhook = offline_push.from_settings(s)
+        if self.webhook is not None:
+            self.webhook.start()
+            self.pusher.offline_sink = self.webhook.notify
+        self.service = DispatchService(self.stores, ids, self.pusher, recall_window_s=s.recall_window_s)
         await self.links.start(s.host, s.link_port)
         self.path = self.zk.path("dispatch", s.node_id)
         await self.zk.register(
@@ -173,7 +191,7 @@ class DispatchRole:
         except (KeyError, DecodeError, ValueError):
             err = pb.Error(code=int(ErrorCode.BAD_BODY), message="body does not decode")
             return RequestType.ERROR, err.SerializeToString()
-        result = await self.service.handle(fwd.uid, fwd.request_type, message)
+        result = await self.service.handle(fwd.uid, fwd.request_type, message, device=fwd.device_id)
         if result is None:
             return None
         response_type, body = result
@@ -185,6 +203,8 @@ class DispatchRole:
     async def close(self) -> None:
         self._checker.cancel()
         self.pusher.close()
+        if self.webhook is not None:
+            await self.webhook.close()
         try:  # access nodes drop us before the links close
             await asyncio.wait_for(self.zk.unregister(self.path), 5)
         except Exception:
