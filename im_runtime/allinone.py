@@ -59,7 +59,7 @@ class AllInOne:
         if self.stores is None:
             self.stores = memory_stores(retention_s=s.timeline_retention_s, max_devices=s.max_devices)
         self.signer = TokenSigner(s.token_key.encode())
-        self.route = RouteService(self.signer, self.stores.sessions)
+        self.route = RouteService(self.signer, self.stores.sessions, self.stores.offline)
         self.node = AccessNode(
             None,  # type: ignore[arg-type]  # set below: the upstream needs the node as pusher
             node_id="local",

@@ -41,8 +41,8 @@ class OfflineStore(Protocol):
     Every message for a user is one entry (a second add of the same message id keeps one) at a
     position that only grows, across conversations. Each device of the user has a cursor:
     every entry at or below it is one the device has; entries above it that the device acked
-    out of order are remembered until the cursor passes them. A device registers on its first
-    pull or ack (or send, for sender sync), starting before every entry still kept.
+    out of order are remembered until the cursor passes them. A device registers when it signs
+    in (and on any pull, ack or send), starting before every entry still kept.
 
     An entry goes once every registered device is past it, or once it is older than the
     retention limit; a device unseen for longer than the retention limit leaves the registry
@@ -72,6 +72,9 @@ class OfflineStore(Protocol):
         False when there is no such entry."""
     async def backlog(self, uid: str, *, device: str | None = None) -> int:
         """Entries kept for uid; with a device, the entries that device has not acked."""
+    async def register(self, uid: str, device: str) -> int:
+        """The device signed in: registers it if new (before every entry kept) and marks it
+        seen; returns its cursor."""
     async def devices(self, uid: str) -> dict[str, int]:
         """The registry: device -> cursor."""
 

@@ -269,6 +269,9 @@ class MemoryOfflineStore:
             return len(tl.entries)
         return sum(1 for p in tl.entries if p > dev.cursor and p not in dev.above)
 
+    async def register(self, uid: str, device: str) -> int:
+        return self._device(self._timeline(uid), device, _now_ms()).cursor
+
     async def devices(self, uid: str) -> dict[str, int]:
         tl = self._users.get(uid)
         return {} if tl is None else {d: dev.cursor for d, dev in tl.devices.items()}

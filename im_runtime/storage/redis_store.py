@@ -292,6 +292,13 @@ clean()
 return newly
 """
 
+# ARGV[4]: device. Registers it (or marks it seen); returns its cursor.
+_TIMELINE_REGISTER = _TIMELINE_PRELUDE + r"""
+local cursor = device(ARGV[4])
+save(ARGV[4], cursor)
+return cursor
+"""
+
 # KEYS: the timeline's entries hash; ARGV: message id, "<conversation>\n" prefix, new bytes.
 # Replaces the entry's message, keeping its flag, if it is there and of that conversation.
 _TIMELINE_REVISE = r"""
@@ -339,6 +346,7 @@ class RedisOfflineStore:
         self._ack = pipe.client.register_script(_TIMELINE_ACK)
         self._backlog = pipe.client.register_script(_TIMELINE_BACKLOG)
         self._revise = pipe.client.register_script(_TIMELINE_REVISE)
+        self._register = pipe.client.register_script(_TIMELINE_REGISTER)
 
     @staticmethod
     @functools.lru_cache(maxsize=1 << 14)
@@ -391,6 +399,9 @@ class RedisOfflineStore:
         if device is None:
             return int(await self._p.call("ZCARD", _key("tl", uid)))
         return int(await self._p.script(self._backlog, self._keys(uid), [*self._common(), device]))
+
+    async def register(self, uid: str, device: str) -> int:
+        return int(await self._p.script(self._register, self._keys(uid), [*self._common(), device]))
 
     async def devices(self, uid: str) -> dict[str, int]:
         raw = await self._p.call("HGETALL", _key("tld", uid))
