@@ -266,6 +266,33 @@ async def test_timeline_at_most_max_devices_the_least_recently_seen_goes(engine:
     assert set(await off.devices(uid)) == {"d1", "d3", "d4"}
 
 
+async def test_timeline_a_device_that_signed_in_keeps_its_messages(engine: Engine) -> None:
+    off = engine.stores.offline
+    uid, conv = new_id("u"), new_id("c")
+    assert await off.register(uid, "phone") == 0
+    assert await off.register(uid, "laptop") == 0  # signed in once, never pulled
+    await off.add(uid, msg(conv, 1))
+    await off.ack(uid, [1], device="phone")
+    assert await off.backlog(uid) == 1
+    assert await off.register(uid, "phone") > 0  # a sign-in again: its cursor, unchanged
+    assert [m.message_id for m in (await off.pull(uid, 0, 5, device="laptop")).messages] == [1]
+
+
+async def test_timeline_entries_are_revised_in_place(engine: Engine) -> None:
+    """A recall or edit replaces the copies still waiting, so a device that pulls later does
+    not get the recalled content."""
+    off = engine.stores.offline
+    uid, conv = new_id("u"), new_id("c")
+    await off.add(uid, msg(conv, 1, seq=1, body=b"secret"))
+    recalled = msg(conv, 1, seq=1, body=b"-")
+    recalled.content, recalled.status = b"", pb.RECALLED
+    assert await off.revise(uid, recalled) is True
+    assert (await off.pull(uid, 0, 5)).messages == [recalled]
+    assert await off.revise(uid, msg(conv, 9, seq=9)) is False  # not there
+    assert await off.revise(uid, msg(new_id("c"), 1, seq=1)) is False  # another conversation's id
+    assert await off.add(uid, msg(conv, 2)) == 2  # still pending: revising is not acking
+
+
 async def test_offline_cursor_keeps_growing_after_the_queue_empties(engine: Engine) -> None:
     off = engine.stores.offline
     uid, conv = new_id("u"), new_id("c")
