@@ -94,6 +94,7 @@ class ImClient:
         first_wait_s: float = 0.2,
         auto_reconnect: bool = True,
         resume_cursor: int = 0,
+        ack_delay_s: float = 0.0,
     ) -> None:
         self.uid = uid
         self.token = token
@@ -109,6 +110,7 @@ class ImClient:
         self.gap_give_up_s = gap_give_up_s
         self.first_wait_s = first_wait_s
         self.auto_reconnect = auto_reconnect
+        self.ack_delay_s = ack_delay_s  # > 0: acks of pushes are batched over this window
         self.inbox: asyncio.Queue[pb.Message] = asyncio.Queue()
         self.notices: asyncio.Queue[tuple[int, ProtoMessage | None]] = asyncio.Queue()  # KICK, PULL_NOTIFY, ERROR, SYNC
         self.syncs: asyncio.Queue[pb.Sync] = asyncio.Queue()  # another device of this user read or deleted
@@ -281,7 +283,11 @@ class ImClient:
         self._pending_acks.append(message_id)
         if not self._ack_scheduled:
             self._ack_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_acks)
+            loop = asyncio.get_running_loop()
+            if self.ack_delay_s > 0:
+                loop.call_later(self.ack_delay_s, self._flush_acks)
+            else:
+                loop.call_soon(self._flush_acks)
 
     def _flush_acks(self) -> None:
         self._ack_scheduled = False

@@ -76,6 +76,7 @@ class Topology:
     procs: list[Proc] = field(default_factory=list)
     grpc_port: int = 0
     http_port: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)  # settings of one test (webhook URL, ...)
 
     @property
     def http_url(self) -> str:
@@ -97,7 +98,7 @@ class Topology:
             IMSTACK_ZK_SESSION_TIMEOUT="4",
             IMSTACK_DEDUP_PENDING_TTL="3",
             PYTHONPATH=str(ROOT),
-        )
+        ) | self.extra_env
 
     def _spawn(self, role: str, name: str, args: list[str], ports: dict[str, int]) -> Proc:
         log_path = self.base / f"{name}.log"

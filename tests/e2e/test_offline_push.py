@@ -5,68 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
-from dataclasses import dataclass, field
 
 import pytest
-from aiohttp import web
 
 from im_runtime.client import GROUP
 from im_runtime.dispatch.offline_push import payload, preview_of, retry_delay
 from im_runtime.proto import imstack_pb2 as pb
+from tests.servers.webhook import Gateway, start_gateway
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@dataclass
-class Gateway:
-    """Records every call; answers 503 to the first `fail_first` calls, or hangs."""
-
-    fail_first: int = 0
-    hang_s: float = 0.0
-    calls: list[dict] = field(default_factory=list)
-    answered: list[int] = field(default_factory=list)
-    headers: list[dict] = field(default_factory=list)
-    got_one: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = json.loads(await request.read())
-        self.calls.append(body)
-        self.headers.append(dict(request.headers))
-        if self.hang_s:
-            await asyncio.sleep(self.hang_s)
-        status = 503 if len(self.calls) <= self.fail_first else 200
-        self.answered.append(status)
-        if status == 200:
-            self.got_one.set()
-        return web.json_response({"ok": status == 200}, status=status)
-
-
-async def start_gateway(gateway: Gateway) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_post("/push", gateway.handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}/push"
-
-
 @pytest.fixture
 async def gateway_factory():
-    runners = []
+    started: list[Gateway] = []
 
     async def make(**kwargs) -> tuple[Gateway, str]:
-        gateway = Gateway(**kwargs)
-        runner, url = await start_gateway(gateway)
-        runners.append(runner)
-        return gateway, url
+        gateway = await start_gateway(**kwargs)
+        started.append(gateway)
+        return gateway, gateway.url
 
     yield make
-    for runner in runners:
-        await runner.cleanup()
+    for gateway in started:
+        await gateway.stop()
 
 
 async def _until(predicate, timeout: float = 5.0) -> None:
