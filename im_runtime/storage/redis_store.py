@@ -108,8 +108,12 @@ class RedisSessionStore:
 
 # Every timeline script: KEYS = the six keys of RedisOfflineStore._keys (one user, one slot);
 # ARGV[1..3] = now ms, retention ms, max devices; the script's own arguments from ARGV[4].
-# The helpers are the memory engine's steps (memory.MemoryOfflineStore), one for one.
-_TIMELINE_PRELUDE = r"""
+# The steps are the memory engine's (memory.MemoryOfflineStore). They are written to keep the
+# number of Redis calls per script low (each one costs a microsecond or more inside Redis, and
+# every delivered message pays one ack): the registry is read in one HGETALL, an in-order ack
+# moves the cursor without writing any mark, entries every device has leave with one HMGET, one
+# HDEL and one ZREM, and an entry about to leave is never flagged first.
+_TIMELINE_HEAD = r"""
 local TL, TLM, TLP, TLL, TLD, TLA = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local NOW, RETENTION, MAXDEV = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local function fmt(n) return string.format('%.0f', n) end
@@ -118,28 +122,29 @@ local function count(conv, delta)
 end
 local function pending(conv) return tonumber(redis.call('HGET', TLP, conv) or '0') end
 local function conv_of(v) return string.sub(v, 2, string.find(v, '\n', 2, true) - 1) end
-local function parse(v)
-  local sp = string.find(v, ' ', 1, true)
-  return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
-end
-local function drop(id, pos, devices)
-  local v = redis.call('HGET', TLM, id)
-  if v then
-    if string.byte(v, 1) == 48 then count(conv_of(v), -1) end
-    redis.call('HDEL', TLM, id)
+-- Drops the given entries (every device has them).
+local function drop_ids(ids)
+  local values = redis.call('HMGET', TLM, unpack(ids))
+  for i = 1, #ids do
+    local v = values[i]
+    if v and string.byte(v, 1) == 48 then count(conv_of(v), -1) end
   end
-  redis.call('ZREM', TL, id)
-  if devices then
-    for _, d in ipairs(devices) do redis.call('HDEL', TLA, d .. '\n' .. pos) end
-  end
+  redis.call('HDEL', TLM, unpack(ids))
+  redis.call('ZREM', TL, unpack(ids))
 end
-local function expire()
-  local cutoff = (NOW - RETENTION) * 1000
-  if cutoff <= 0 then return end
-  local rows = redis.call('ZRANGEBYSCORE', TL, '-inf', '(' .. fmt(cutoff), 'WITHSCORES', 'LIMIT', 0, 100)
-  if #rows == 0 then return end
-  local devices = redis.call('HKEYS', TLD)
-  for i = 1, #rows, 2 do drop(rows[i], fmt(tonumber(rows[i + 1])), devices) end
+-- A lone device (the only one registered, no marks anywhere) has acked none of the entries
+-- still kept (the ones it acked went at once), so its acks need no cursor walk: the entries
+-- simply go, as they did before there were devices. Its stored cursor may then lag behind
+-- (it is a floor: everything at or below it is on the device); the general steps below start
+-- from it correctly. Its last-seen time is refreshed once a minute at most.
+local function lone(name)
+  local me = redis.call('HGET', TLD, name)
+  if not me or redis.call('HLEN', TLD) ~= 1 then return false end
+  local sp = string.find(me, ' ', 1, true)
+  if NOW - tonumber(string.sub(me, sp + 1)) > 60000 then
+    redis.call('HSET', TLD, name, string.sub(me, 1, sp) .. fmt(NOW))
+  end
+  return true
 end
 local function forget_marks(name, upto)
   local prefix = name .. '\n'
@@ -150,66 +155,141 @@ local function forget_marks(name, upto)
     end
   end
 end
-local function device(name)
-  local v = redis.call('HGET', TLD, name)
-  if v then return (parse(v)) end
-  if redis.call('HLEN', TLD) >= MAXDEV then
-    local all = redis.call('HGETALL', TLD)
-    local oldest, oldest_seen = nil, nil
-    for i = 1, #all, 2 do
-      local _, seen = parse(all[i + 1])
-      if not oldest or seen < oldest_seen then oldest, oldest_seen = all[i], seen end
-    end
-    redis.call('HDEL', TLD, oldest)
-    forget_marks(oldest, nil)
+local function expire()
+  local cutoff = (NOW - RETENTION) * 1000
+  if cutoff <= 0 then return end
+  local rows = redis.call('ZRANGEBYSCORE', TL, '-inf', '(' .. fmt(cutoff), 'WITHSCORES', 'LIMIT', 0, 100)
+  if #rows == 0 then return end
+  local devices = redis.call('HKEYS', TLD)
+  for i = 1, #rows, 2 do
+    local v = redis.call('HGET', TLM, rows[i])
+    if v and string.byte(v, 1) == 48 then count(conv_of(v), -1) end
+    redis.call('HDEL', TLM, rows[i])
+    redis.call('ZREM', TL, rows[i])
+    for _, d in ipairs(devices) do redis.call('HDEL', TLA, d .. '\n' .. fmt(tonumber(rows[i + 1]))) end
   end
-  return 0
-end
-local function save(name, cursor) redis.call('HSET', TLD, name, fmt(cursor) .. ' ' .. fmt(NOW)) end
-local function mark(name, cursor, id)
-  local s = redis.call('ZSCORE', TL, id)
-  if not s then return false end
-  local pos = tonumber(s)
-  if pos <= cursor then return false end
-  if redis.call('HSETNX', TLA, name .. '\n' .. fmt(pos), '1') == 0 then return false end
-  local v = redis.call('HGET', TLM, id)
-  if v and string.byte(v, 1) == 48 then
-    redis.call('HSET', TLM, id, '1' .. string.sub(v, 2))
-    count(conv_of(v), -1)
-  end
-  return true
-end
-local function advance(name, cursor)
-  if redis.call('HLEN', TLA) == 0 then return cursor end
-  while true do
-    local rows = redis.call('ZRANGEBYSCORE', TL, '(' .. fmt(cursor), '+inf', 'WITHSCORES', 'LIMIT', 0, 64)
-    for i = 2, #rows, 2 do
-      local pos = tonumber(rows[i])
-      if redis.call('HDEL', TLA, name .. '\n' .. fmt(pos)) == 0 then return cursor end
-      cursor = pos
-    end
-    if #rows < 128 then return cursor end
-  end
-end
-local function clean()
-  local all = redis.call('HGETALL', TLD)
-  local stale = NOW - RETENTION
-  local floor = nil
-  for i = 1, #all, 2 do
-    local cursor, seen = parse(all[i + 1])
-    if seen < stale then
-      redis.call('HDEL', TLD, all[i])
-      forget_marks(all[i], nil)
-    elseif not floor or cursor < floor then
-      floor = cursor
-    end
-  end
-  if not floor then return end
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', TL, '-inf', fmt(floor), 'LIMIT', 0, 500)) do drop(id, nil, nil) end
 end
 """
 
-# ARGV[4..]: message id, message bytes, conversation, server time ms, has holder ('1'/'0'), holder
+_TIMELINE_DEVICES = r"""
+local function parse(v)
+  local sp = string.find(v, ' ', 1, true)
+  return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+end
+-- The registry in one read: this device's cursor (0 when new: saved by save()) and the lowest
+-- cursor of the other devices (nil: none). A device unseen for longer than the retention
+-- limit leaves; a new device past MAXDEV evicts the least recently seen.
+local function registry(name)
+  local all = redis.call('HGETALL', TLD)
+  local stale = NOW - RETENTION
+  local mine, others = nil, {}
+  for i = 1, #all, 2 do
+    local c, seen = parse(all[i + 1])
+    if all[i] == name then
+      mine = c
+    elseif seen < stale then
+      redis.call('HDEL', TLD, all[i])
+      forget_marks(all[i], nil)
+    else
+      others[#others + 1] = {all[i], c, seen}
+    end
+  end
+  if not mine then
+    mine = 0
+    while #others >= MAXDEV do
+      local k = 1
+      for j = 2, #others do if others[j][3] < others[k][3] then k = j end end
+      redis.call('HDEL', TLD, others[k][1])
+      forget_marks(others[k][1], nil)
+      table.remove(others, k)
+    end
+  end
+  local floor = nil
+  for _, o in ipairs(others) do if not floor or o[2] < floor then floor = o[2] end end
+  return mine, floor
+end
+local function save(name, cursor) redis.call('HSET', TLD, name, fmt(cursor) .. ' ' .. fmt(NOW)) end
+local function lowest(cursor, others) if others and others < cursor then return others end return cursor end
+-- Entries at or below floor: every device has them. At most 20 batches of 500 per call, so
+-- one call never blocks Redis for long; what is left goes with the next call that moves a cursor.
+local function drop_upto(floor)
+  for _ = 1, 20 do
+    local ids = redis.call('ZRANGEBYSCORE', TL, '-inf', fmt(floor), 'LIMIT', 0, 500)
+    if #ids == 0 then return end
+    local values = redis.call('HMGET', TLM, unpack(ids))
+    for i = 1, #ids do
+      local v = values[i]
+      if v and string.byte(v, 1) == 48 then count(conv_of(v), -1) end
+    end
+    redis.call('HDEL', TLM, unpack(ids))
+    redis.call('ZREM', TL, unpack(ids))
+    if #ids < 500 then return end
+  end
+end
+-- The device acks ids: its cursor moves over the acked entries right above it and over its
+-- earlier out-of-order marks; acked entries further up become marks. Returns the new cursor,
+-- the {position, id} newly acked (flagged later if they stay).
+local function ack_ids(name, cursor, ids)
+  local byp, ps, top = {}, 0, nil
+  for _, id in ipairs(ids) do
+    local s = redis.call('ZSCORE', TL, id)
+    if s then
+      local p = tonumber(s)
+      if p > cursor and not byp[p] then
+        byp[p] = id
+        ps = ps + 1
+        if not top or p > top then top = p end
+      end
+    end
+  end
+  local marked = redis.call('HLEN', TLA) > 0
+  local newly = {}
+  if ps == 0 and not marked then return cursor, newly end
+  if ps > 0 and not marked and redis.call('ZCOUNT', TL, '(' .. fmt(cursor), fmt(top)) == ps then
+    for p, id in pairs(byp) do newly[#newly + 1] = {p, id} end
+    return top, newly  -- in order: no mark written or read
+  end
+  local prefix = name .. '\n'
+  local batch = ps + 8
+  local walking = true
+  while walking do
+    local rows = redis.call('ZRANGEBYSCORE', TL, '(' .. fmt(cursor), '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+    for i = 1, #rows, 2 do
+      local p = tonumber(rows[i + 1])
+      local id = byp[p]
+      if id then
+        byp[p] = nil
+        if not marked or redis.call('HDEL', TLA, prefix .. fmt(p)) == 0 then newly[#newly + 1] = {p, id} end
+        cursor = p
+      elseif marked and redis.call('HDEL', TLA, prefix .. fmt(p)) == 1 then
+        cursor = p
+      else
+        walking = false
+        break
+      end
+    end
+    if #rows < 2 * batch then break end
+  end
+  for p, id in pairs(byp) do
+    if redis.call('HSETNX', TLA, prefix .. fmt(p), '1') == 1 then newly[#newly + 1] = {p, id} end
+  end
+  return cursor, newly
+end
+-- Entries newly acked that stay (above floor) no longer count as pending (PULL_NOTIFY).
+local function flag(newly, floor)
+  for _, e in ipairs(newly) do
+    if e[1] > floor then
+      local v = redis.call('HGET', TLM, e[2])
+      if v and string.byte(v, 1) == 48 then
+        redis.call('HSET', TLM, e[2], '1' .. string.sub(v, 2))
+        count(conv_of(v), -1)
+      end
+    end
+  end
+end
+"""
+
+# ARGV[4..]: message id, message bytes, conversation, server time ms. A receiver's entry.
 _TIMELINE_ADD_BODY = r"""
 expire()
 local id, conv = ARGV[4], ARGV[6]
@@ -217,34 +297,53 @@ if redis.call('ZSCORE', TL, id) then return pending(conv) end
 local pos = tonumber(ARGV[7]) * 1000
 local last = tonumber(redis.call('GET', TLL) or '0')
 if pos <= last then pos = last + 1 end
-redis.call('SET', TLL, fmt(pos))
-if ARGV[8] == '1' then
-  local name = ARGV[9]
-  local cursor = device(name)
-  local others = redis.call('HLEN', TLD) - redis.call('HEXISTS', TLD, name)
-  if cursor >= last and others == 0 then
-    save(name, pos)  -- the only device, and it has everything: no entry needed
-    return pending(conv)
-  end
-  redis.call('ZADD', TL, fmt(pos), id)
-  redis.call('HSET', TLM, id, '1' .. conv .. '\n' .. ARGV[5])
-  redis.call('HSET', TLA, name .. '\n' .. fmt(pos), '1')
-  save(name, advance(name, cursor))
-  clean()
-  return pending(conv)
-end
-redis.call('ZADD', TL, fmt(pos), id)
+local s = fmt(pos)
+redis.call('SET', TLL, s)
+redis.call('ZADD', TL, s, id)
 redis.call('HSET', TLM, id, '0' .. conv .. '\n' .. ARGV[5])
 return redis.call('HINCRBY', TLP, conv, 1)
 """
-_TIMELINE_ADD = _TIMELINE_PRELUDE + _TIMELINE_ADD_BODY
+_TIMELINE_ADD = _TIMELINE_HEAD + _TIMELINE_ADD_BODY
+
+# ARGV[4..]: message id, message bytes, conversation, server time ms, holder device.
+# Sender sync: an entry the holder has already. When the holder is the user's only device no
+# other device needs it: no entry at all (the usual case, one Redis call or two).
+_TIMELINE_HOLD = _TIMELINE_HEAD + r"""
+local id, conv, name = ARGV[4], ARGV[6], ARGV[8]
+if lone(name) then return 0 end
+""" + _TIMELINE_DEVICES + r"""
+expire()
+if redis.call('ZSCORE', TL, id) then return pending(conv) end
+local pos = tonumber(ARGV[7]) * 1000
+local last = tonumber(redis.call('GET', TLL) or '0')
+if pos <= last then pos = last + 1 end
+redis.call('SET', TLL, fmt(pos))
+local cursor, others = registry(name)
+if not others then
+  save(name, cursor)  -- the only device (new): nobody else needs the entry
+  return pending(conv)
+end
+local before = lowest(cursor, others)
+redis.call('ZADD', TL, fmt(pos), id)
+redis.call('HSET', TLM, id, '1' .. conv .. '\n' .. ARGV[5])
+redis.call('HSET', TLA, name .. '\n' .. fmt(pos), '1')
+cursor = ack_ids(name, cursor, {})
+save(name, cursor)
+local floor = lowest(cursor, others)
+if floor > before then drop_upto(floor) end
+return pending(conv)
+"""
 
 # ARGV[4..]: device, cursor, limit, resume cursor, acked ids...
 # Returns {next_cursor, device cursor, has_more, entry values...}.
-_TIMELINE_PULL = _TIMELINE_PRELUDE + r"""
+_TIMELINE_PULL = _TIMELINE_HEAD + _TIMELINE_DEVICES + r"""
 local name = ARGV[4]
-local cursor = device(name)
-for i = 8, #ARGV do mark(name, cursor, ARGV[i]) end
+local cursor, others = registry(name)
+local before = lowest(cursor, others)
+local acked = {}
+for i = 8, #ARGV do acked[#acked + 1] = ARGV[i] end
+local newly
+cursor, newly = ack_ids(name, cursor, acked)
 local resume = tonumber(ARGV[7])
 if resume > cursor then
   local last = tonumber(redis.call('GET', TLL) or '0')
@@ -252,21 +351,25 @@ if resume > cursor then
   if resume > cursor then
     cursor = resume
     forget_marks(name, cursor)
+    cursor = ack_ids(name, cursor, {})
   end
 end
-cursor = advance(name, cursor)
 save(name, cursor)
-clean()
+local floor = lowest(cursor, others)
+if floor > before then drop_upto(floor) end
+flag(newly, floor)
 local start = tonumber(ARGV[5])
 if cursor > start then start = cursor end
 local limit = tonumber(ARGV[6])
+local marked = redis.call('HLEN', TLA) > 0
+local prefix = name .. '\n'
 local ids, next_cursor, more, from = {}, start, 0, start
 while true do
   local rows = redis.call('ZRANGEBYSCORE', TL, '(' .. fmt(from), '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
   for i = 1, #rows, 2 do
     local pos = tonumber(rows[i + 1])
     from = pos
-    if redis.call('HEXISTS', TLA, name .. '\n' .. fmt(pos)) == 0 then
+    if not marked or redis.call('HEXISTS', TLA, prefix .. fmt(pos)) == 0 then
       if #ids >= limit then more = 1 break end
       ids[#ids + 1] = rows[i]
       next_cursor = pos
@@ -275,26 +378,41 @@ while true do
   if more == 1 or #rows < 2 * (limit + 1) then break end
 end
 local reply = {next_cursor, cursor, more}
-for _, id in ipairs(ids) do reply[#reply + 1] = redis.call('HGET', TLM, id) end
+if #ids > 0 then
+  local values = redis.call('HMGET', TLM, unpack(ids))
+  for i = 1, #ids do reply[#reply + 1] = values[i] end
+end
 return reply
 """
 
 # ARGV[4..]: device, message ids... Returns how many the device had not acked.
-_TIMELINE_ACK = _TIMELINE_PRELUDE + r"""
+_TIMELINE_ACK = _TIMELINE_HEAD + r"""
 local name = ARGV[4]
-local cursor = device(name)
-local newly = 0
-for i = 5, #ARGV do
-  if mark(name, cursor, ARGV[i]) then newly = newly + 1 end
+if lone(name) and redis.call('HLEN', TLA) == 0 then
+  local ids = {}
+  for i = 5, #ARGV do
+    if redis.call('ZSCORE', TL, ARGV[i]) then ids[#ids + 1] = ARGV[i] end
+  end
+  if #ids > 0 then drop_ids(ids) end
+  return #ids
 end
-save(name, advance(name, cursor))
-clean()
-return newly
+""" + _TIMELINE_DEVICES + r"""
+local cursor, others = registry(name)
+local before = lowest(cursor, others)
+local acked = {}
+for i = 5, #ARGV do acked[#acked + 1] = ARGV[i] end
+local newly
+cursor, newly = ack_ids(name, cursor, acked)
+save(name, cursor)
+local floor = lowest(cursor, others)
+if floor > before then drop_upto(floor) end
+flag(newly, floor)
+return #newly
 """
 
 # ARGV[4]: device. Registers it (or marks it seen); returns its cursor.
-_TIMELINE_REGISTER = _TIMELINE_PRELUDE + r"""
-local cursor = device(ARGV[4])
+_TIMELINE_REGISTER = _TIMELINE_HEAD + _TIMELINE_DEVICES + r"""
+local cursor = registry(ARGV[4])
 save(ARGV[4], cursor)
 return cursor
 """
@@ -309,7 +427,7 @@ return 1
 """
 
 # ARGV[4]: device. Entries it has not acked (all entries for an unknown device); no changes.
-_TIMELINE_BACKLOG = _TIMELINE_PRELUDE + r"""
+_TIMELINE_BACKLOG = _TIMELINE_HEAD + _TIMELINE_DEVICES + r"""
 local v = redis.call('HGET', TLD, ARGV[4])
 if not v then return redis.call('ZCARD', TL) end
 local cursor = parse(v)
@@ -342,6 +460,7 @@ class RedisOfflineStore:
         self._retention_ms = int(retention_s * 1000)
         self._max_devices = int(max_devices)
         self._add = pipe.client.register_script(_TIMELINE_ADD)
+        self._hold = pipe.client.register_script(_TIMELINE_HOLD)
         self._pull = pipe.client.register_script(_TIMELINE_PULL)
         self._ack = pipe.client.register_script(_TIMELINE_ACK)
         self._backlog = pipe.client.register_script(_TIMELINE_BACKLOG)
@@ -356,16 +475,17 @@ class RedisOfflineStore:
     def _common(self) -> list:
         return [int(time.time() * 1000), self._retention_ms, self._max_devices]
 
-    def add_args(self, message: pb.Message, holder: str | None) -> list:
+    def add_args(self, message: pb.Message) -> list:
         """ARGV of the add script (the send path's enqueue script shares it)."""
         return [
             *self._common(), message.message_id, message.SerializeToString(), message.conversation_id,
             max(0, message.server_time),  # no time given: the per-user +1 keeps the order
-            "0" if holder is None else "1", holder or "",
         ]
 
     async def add(self, uid: str, message: pb.Message, *, holder: str | None = None) -> int:
-        return int(await self._p.script(self._add, self._keys(uid), self.add_args(message, holder)))
+        if holder is None:
+            return int(await self._p.script(self._add, self._keys(uid), self.add_args(message)))
+        return int(await self._p.script(self._hold, self._keys(uid), [*self.add_args(message), holder]))
 
     async def pull(
         self, uid: str, cursor: int, limit: int, *, device: str = "", resume_cursor: int = 0, acked_ids: Iterable[int] = ()
@@ -710,7 +830,7 @@ return {1, seq}
 
 # KEYS: the six timeline keys, the receiver's read list (`rdu`); ARGV: as the timeline add.
 # Joins the receiver to the conversation, then adds.
-_SEND_ENQUEUE = _TIMELINE_PRELUDE + """
+_SEND_ENQUEUE = _TIMELINE_HEAD + """
 redis.call('HSETNX', KEYS[7], ARGV[6], 0)
 """ + _TIMELINE_ADD_BODY
 
@@ -754,7 +874,7 @@ class RedisSendSteps:
         return seq
 
     async def enqueue(self, uids: list[str], message: pb.Message) -> list[int]:
-        args = self._offline.add_args(message, None)
+        args = self._offline.add_args(message)
         replies = await await_all(
             *(self._p.script(self._enqueue, [*RedisOfflineStore._keys(uid), _key("rdu", uid)], args) for uid in uids)
         )

@@ -719,6 +719,34 @@ async def test_redis_keys_of_one_user_share_a_slot_and_users_spread(cluster_serv
         await stores.close()
 
 
+async def test_redis_memory_per_offline_message_does_not_grow_with_devices(cluster_servers) -> None:
+    """Issue 12: one timeline, a cursor per device, not a copy per device."""
+    import redis.asyncio as aioredis
+
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.redis_store import RedisOfflineStore
+
+    stores = await cluster_stores(cluster_servers.redis.url, cluster_servers.mongo.url, "imstack_contract")
+    client = aioredis.Redis.from_url(cluster_servers.redis.url)
+    try:
+        usage = {}
+        for devices in (1, 3, 8):
+            uid, conv = new_id("u"), new_id("c")
+            for d in range(devices):
+                await stores.offline.register(uid, f"device-{d}")
+            for i in range(1, 301):
+                await stores.offline.add(uid, msg(conv, i, body=b"x" * 100))
+            total = 0
+            for key in RedisOfflineStore._keys(uid):
+                total += await client.memory_usage(key, samples=0) or 0
+            usage[devices] = total
+        assert usage[3] <= usage[1] * 1.01 + 256, usage
+        assert usage[8] <= usage[1] * 1.01 + 1024, usage
+    finally:
+        await client.aclose()
+        await stores.close()
+
+
 async def test_mongo_messages_keyed_newest_first_and_ranges_stay_in_their_conversation(cluster_servers) -> None:
     """S11 key: conversation + reversed seq; history and max_seq are `_id` ranges, so a
     conversation whose id extends another's must not leak into its ranges."""

@@ -3,6 +3,8 @@ as the `redis-cluster` engine): keys spread over the masters (S10), stale slot m
 slot in migration (ASK), and script caches lost on the nodes (NOSCRIPT)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
