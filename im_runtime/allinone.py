@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from google.protobuf.message import Message as ProtoMessage
 
 from im_runtime.access.node import AccessNode, Response, RouteSessions
 from im_runtime.access.tcp import TcpGateway, server_ssl_context
 from im_runtime.config import Settings
+from im_runtime.dispatch import offline_push
 from im_runtime.dispatch.service import DispatchService
 from im_runtime.idgen.segment import SegmentGenerator
 from im_runtime.idgen.snowflake import SnowflakeGenerator
@@ -36,7 +37,7 @@ class LocalUpstream(RouteSessions):
     async def request(
         self, uid: str, device_id: str, conn_id: int, request_type: int, message: ProtoMessage | None, body: bytes
     ) -> Response | None:
-        return await self.dispatch.handle(uid, request_type, message)
+        return await self.dispatch.handle(uid, request_type, message, device=device_id)
 
 
 def make_ids(settings: Settings, stores: Stores):  # type: ignore[no-untyped-def]
@@ -50,13 +51,15 @@ def make_ids(settings: Settings, stores: Stores):  # type: ignore[no-untyped-def
 @dataclass
 class AllInOne:
     settings: Settings
-    stores: Stores = field(default_factory=memory_stores)
+    stores: Stores | None = None  # None: the memory engine with the settings' timeline limits
     with_ws: bool = True
 
     async def start(self) -> None:
         s = self.settings
+        if self.stores is None:
+            self.stores = memory_stores(retention_s=s.timeline_retention_s, max_devices=s.max_devices)
         self.signer = TokenSigner(s.token_key.encode())
-        self.route = RouteService(self.signer, self.stores.sessions)
+        self.route = RouteService(self.signer, self.stores.sessions, self.stores.offline)
         self.node = AccessNode(
             None,  # type: ignore[arg-type]  # set below: the upstream needs the node as pusher
             node_id="local",
@@ -65,9 +68,13 @@ class AllInOne:
             rate_per_s=s.rate_per_s,
             rate_burst=s.rate_per_s * 2,
         )
-        self.dispatch = DispatchService(self.stores, make_ids(s, self.stores), self.node)
+        self.dispatch = DispatchService(self.stores, make_ids(s, self.stores), self.node, recall_window_s=s.recall_window_s)
         self.node.upstream = LocalUpstream(self.route, self.dispatch, "local")
         self.node.start()
+        self.webhook = offline_push.from_settings(s)
+        if self.webhook is not None:
+            self.webhook.start()
+            self.node.offline_sink = self.webhook.notify
         total_backlog = getattr(self.stores.offline, "total_backlog", None)
         if total_backlog is not None:
             from im_runtime import metrics
@@ -104,6 +111,8 @@ class AllInOne:
         if self.ws is not None:
             await self.ws.close()
         await self.node.close()
+        if self.webhook is not None:
+            await self.webhook.close()
         await self.http_runner.cleanup()
 
 

@@ -36,6 +36,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings.id_mode = args.id_mode
     if args.idle_timeout is not None:
         settings.idle_timeout = args.idle_timeout
+    if args.push_webhook:
+        settings.push_webhook_url = args.push_webhook
+    if args.no_push_preview:
+        settings.push_webhook_preview = False
     # The dev login mints tokens for anyone: only on by default when nobody else can reach it.
     settings.dev_login = settings.dev_login or (not args.no_dev_login and _is_loopback(settings.host))
     logs.configure(fmt=args.log_format)
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--id-mode", choices=["snowflake", "segment"], default=None)
     up.add_argument("--idle-timeout", type=float, default=None, help="seconds without a frame before a client is closed")
     up.add_argument("--no-dev-login", action="store_true", help="disable POST /v1/dev/login (tokens only via the admin key)")
+    up.add_argument("--push-webhook", default=None, metavar="URL",
+                    help="offline push: POST to this URL when a receiver has no connected device (IMSTACK_PUSH_WEBHOOK_URL)")
+    up.add_argument("--no-push-preview", action="store_true", help="leave message text out of the webhook calls")
     up.add_argument("--log-format", choices=["json", "text"], default=None)
     up.set_defaults(func=cmd_up)
 

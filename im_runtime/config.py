@@ -40,6 +40,16 @@ class Settings:
     max_write_buffer: int = field(default_factory=lambda: int(env("IMSTACK_MAX_WRITE_BUFFER", str(1 << 20))))
     ws_origins: str = field(default_factory=lambda: env("IMSTACK_WS_ORIGINS", ""))
     dev_login: bool = field(default_factory=lambda: env("IMSTACK_DEV_LOGIN", "") in ("1", "true", "yes"))
+    # S18 timeline (docs/storage.md): entries and devices unseen for longer go; devices per user
+    timeline_retention_s: float = field(default_factory=lambda: float(env("IMSTACK_TIMELINE_RETENTION", str(7 * 24 * 3600))))
+    max_devices: int = field(default_factory=lambda: int(env("IMSTACK_MAX_DEVICES", "16")))
+    recall_window_s: float = field(default_factory=lambda: float(env("IMSTACK_RECALL_WINDOW", "120")))
+    # offline push for phones (docs/protocol.md, "Offline push webhook"); off without a URL
+    push_webhook_url: str = field(default_factory=lambda: env("IMSTACK_PUSH_WEBHOOK_URL", ""))
+    push_webhook_preview: bool = field(default_factory=lambda: env("IMSTACK_PUSH_WEBHOOK_PREVIEW", "1") not in ("0", "false", "no"))
+    push_webhook_token: str = field(default_factory=lambda: env("IMSTACK_PUSH_WEBHOOK_TOKEN", ""))
+    push_webhook_attempts: int = field(default_factory=lambda: int(env("IMSTACK_PUSH_WEBHOOK_ATTEMPTS", "5")))
+    push_webhook_queue: int = field(default_factory=lambda: int(env("IMSTACK_PUSH_WEBHOOK_QUEUE", "10000")))
 
     def ensure_keys(self) -> bool:
         """Fills in missing keys with random ones; True when the admin key was generated."""

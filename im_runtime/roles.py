@@ -88,7 +88,7 @@ def cmd_access(args: argparse.Namespace) -> int:
 def cmd_dispatch(args: argparse.Namespace) -> int:
     from im_runtime.cluster.dispatch import DispatchRole
 
-    settings = _settings(args, _COMMON | _STORES | {"--link-port": "link_port", "--id-mode": "id_mode"})
+    settings = _settings(args, _COMMON | _STORES | {"--link-port": "link_port", "--id-mode": "id_mode", "--push-webhook": "push_webhook_url"})
     logs.configure(fmt=args.log_format)
     return _run(DispatchRole(settings))
 
@@ -122,7 +122,7 @@ def add_role_parsers(sub) -> None:  # type: ignore[no-untyped-def]
     access.set_defaults(func=cmd_access)
 
     dispatch = sub.add_parser("dispatch", help="run one dispatch node (cluster mode)")
-    _add(dispatch, _COMMON | _STORES | {"--link-port": "link_port", "--id-mode": "id_mode"})
+    _add(dispatch, _COMMON | _STORES | {"--link-port": "link_port", "--id-mode": "id_mode", "--push-webhook": "push_webhook_url"})
     dispatch.set_defaults(func=cmd_dispatch)
 
     route = sub.add_parser("route", help="run one route node: HTTP API + gRPC (cluster mode)")

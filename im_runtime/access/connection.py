@@ -34,13 +34,14 @@ class Admitted:
 
 
 class ConnectionCore:
-    __slots__ = ("decoder", "state", "uid", "device_id", "failed_auths")
+    __slots__ = ("decoder", "state", "uid", "device_id", "features", "failed_auths")
 
     def __init__(self, *, max_body: int = DEFAULT_MAX_BODY) -> None:
         self.decoder = FrameDecoder(max_body=max_body)
         self.state = ConnState.CONNECTED
         self.uid: str | None = None
         self.device_id = ""
+        self.features: frozenset[str] = frozenset()  # v1 extensions the client asked for (AUTH)
         self.failed_auths = 0
 
     # ---- input ----------------------------------------------------------------------
@@ -81,10 +82,11 @@ class ConnectionCore:
 
     # ---- auth ---------------------------------------------------------------------------
 
-    def authenticated(self, uid: str, device_id: str) -> None:
+    def authenticated(self, uid: str, device_id: str, features: frozenset[str] = frozenset()) -> None:
         self.state = transition(self.state, ConnState.AUTHENTICATED)
         self.uid = uid
         self.device_id = device_id
+        self.features = features
 
     def auth_failed(self) -> bool:
         """Counts a failed AUTH_REQ; True when the connection should now be closed."""

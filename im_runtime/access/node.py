@@ -96,6 +96,9 @@ class AccessNode:
         self._kinds: dict[str, int] = {}
         # Where drained clients should reconnect: (host, port) for a gateway kind, or None.
         self.reconnect_target: Callable[[str], tuple[str, int] | None] = lambda kind: None
+        # All-in-one: called with the uids that had no connection for a message (the offline
+        # push webhook, dispatch/offline_push.py); None = off.
+        self.offline_sink: Callable[[list[str], pb.Message], None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -172,11 +175,23 @@ class AccessNode:
 
     # ---- delivery -----------------------------------------------------------------------
 
-    async def deliver(self, uids: Iterable[str], frame: bytes) -> None:
-        """Pusher for the all-in-one mode: the frame to every local connection of uids."""
-        self.deliver_now(uids, frame)
+    async def deliver(
+        self, uids: list[str], frame: bytes, *, skip_device: str | None = None, feature: str = "",
+        offline: pb.Message | None = None,
+    ) -> None:
+        """Pusher for the all-in-one mode (dispatch.service.Pusher): the frame to every local
+        connection of uids; the ones with none go to the offline sink."""
+        self.deliver_now(uids, frame, skip_device, feature)
+        if offline is not None and self.offline_sink is not None:
+            away = [u for u in uids if u not in self.by_uid]
+            if away:
+                self.offline_sink(away, offline)
 
-    def deliver_now(self, uids: Iterable[str], frame: bytes) -> int:
+    def deliver_now(self, uids: Iterable[str], frame: bytes, skip_device: str | None = None, feature: str = "") -> int:
+        """skip_device: not to connections of that device id (sender sync); feature: only to
+        connections that asked for it in AUTH (frames of the v1 extensions)."""
+        if skip_device is not None or feature:
+            return self._deliver_some(uids, frame, skip_device, feature)
         sent = 0
         by_uid = self.by_uid
         for uid in uids:
@@ -185,6 +200,16 @@ class AccessNode:
                 for conn in tuple(conns):
                     conn.send(frame)
                     sent += 1
+        return sent
+
+    def _deliver_some(self, uids: Iterable[str], frame: bytes, skip_device: str | None, feature: str) -> int:
+        sent = 0
+        for uid in uids:
+            for conn in tuple(self.by_uid.get(uid, ())):
+                if conn.device_id == skip_device or (feature and feature not in conn.core.features):
+                    continue
+                conn.send(frame)
+                sent += 1
         return sent
 
     # ---- idle and drain -----------------------------------------------------------------

@@ -17,7 +17,7 @@ from im_runtime.access.connection import Admitted, ConnectionCore, Reply
 from im_runtime.access.node import AccessNode
 from im_runtime.access.state import ConnState
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.protocol.frame import Frame, FrameError, encode_frame, encode_message, error_frame
+from im_runtime.protocol.frame import Frame, FrameError, encode_frame, encode_message, error_frame, try_decode_body
 from im_runtime.protocol.types import ErrorCode, RequestType
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,25 @@ class GatewayConnection:
             self.core.close()
 
     def lost(self) -> None:
+        inbox, self._inbox = self._inbox, None
+        if inbox and self.core.state in (ConnState.AUTHENTICATED, ConnState.DRAINING):
+            self._acks_left(inbox)
         self.core.close()
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
-        self._inbox = None
         self.node.lost(self)
+
+    def _acks_left(self, inbox: deque[Frame | FrameError]) -> None:
+        """PUSH_ACKs that arrived with the close (a client acks, then hangs up) are still
+        honoured: dropping them would bring those messages back on the next pull."""
+        core, upstream, loop = self.core, self.node.upstream, self._loop()
+        for event in inbox:
+            if isinstance(event, Frame) and event.request_type == RequestType.PUSH_ACK:
+                message, problem = try_decode_body(event.request_type, event.body)
+                if problem is None:
+                    loop.create_task(_quietly(upstream.request(
+                        core.uid, core.device_id, self.conn_id, event.request_type, message, event.body  # type: ignore[arg-type]
+                    )))
 
     def close(self) -> None:
         if self.core.state is not ConnState.CLOSED:
@@ -215,7 +229,7 @@ class GatewayConnection:
             metrics.AUTH_RESULTS.labels("ok").inc()
             for old in self.node.same_device(auth.uid, auth.device_id):
                 old.kick(409, "signed in on the same device elsewhere", reason="replaced")
-            core.authenticated(auth.uid, auth.device_id)
+            core.authenticated(auth.uid, auth.device_id, frozenset(auth.features))
             self.node.bound(self)
             self.send(encode_message(RequestType.AUTH_RESP, req.sequence, resp))
             return
@@ -238,6 +252,13 @@ class GatewayConnection:
             self.send(encode_frame(response_type, req.sequence, bytes(message)))
         else:
             self.send(encode_message(response_type, req.sequence, message))
+
+
+async def _quietly(call) -> None:  # type: ignore[no-untyped-def]
+    try:
+        await call
+    except Exception:  # noqa: BLE001 - the messages stay in the timeline; the next pull resends them
+        log.warning("ack after close failed", exc_info=True)
 
 
 def _now_ms() -> int:

@@ -8,6 +8,15 @@
 - PULL_NOTIFY and every (re)connect trigger an offline pull (S11, S9).
 - connection loss or KICK: reconnect with backoff (to the KICK's target if it names one, or
   through ipList when the client was built with an HTTP address).
+- several devices per user (S18, v1 extensions of docs/protocol.md): give each device a
+  stable `device_id`; the server keeps a cursor per device. Messages the user sent from
+  another device arrive like any other (`from` is the user's own uid). The resume position:
+  acks are sent without an answer, so the ids acked since the last pull are kept (bounded) and
+  sent again in the next pull (`acked_ids`), with the position the last pull reached
+  (`resume_cursor`): acks lost with a dead access node do not bring messages back.
+- recall / edit / delete for me (`recall`, `edit`, `delete_for_me`): events arrive in the
+  inbox like messages, with `message.event` set; SYNC notices (another device read or
+  deleted) go to `syncs`.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import random
 import ssl
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -26,7 +36,7 @@ from google.protobuf.message import Message as ProtoMessage
 from im_runtime.client.connection import ClientConnection, ConnectionClosed, ServerError, is_retryable
 from im_runtime.client.reorder import Timeline
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.protocol.types import ErrorCode, RequestType
+from im_runtime.protocol.types import FEATURE_SYNC, ErrorCode, RequestType
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,9 @@ class SendFailed(Exception):
 
 class AuthFailed(Exception):
     pass
+
+
+UNCONFIRMED_ACKS = 2000  # acked ids kept for the next pull (they fit its 64 KiB body)
 
 
 @dataclass
@@ -80,6 +93,8 @@ class ImClient:
         gap_give_up_s: float = 10.0,
         first_wait_s: float = 0.2,
         auto_reconnect: bool = True,
+        resume_cursor: int = 0,
+        ack_delay_s: float = 0.0,
     ) -> None:
         self.uid = uid
         self.token = token
@@ -95,13 +110,19 @@ class ImClient:
         self.gap_give_up_s = gap_give_up_s
         self.first_wait_s = first_wait_s
         self.auto_reconnect = auto_reconnect
+        self.ack_delay_s = ack_delay_s  # > 0: acks of pushes are batched over this window
         self.inbox: asyncio.Queue[pb.Message] = asyncio.Queue()
-        self.notices: asyncio.Queue[tuple[int, ProtoMessage | None]] = asyncio.Queue()  # KICK, PULL_NOTIFY, ERROR
+        self.notices: asyncio.Queue[tuple[int, ProtoMessage | None]] = asyncio.Queue()  # KICK, PULL_NOTIFY, ERROR, SYNC
+        self.syncs: asyncio.Queue[pb.Sync] = asyncio.Queue()  # another device of this user read or deleted
+        # The device's position in its timeline: everything up to here is on this device.
+        # An app that keeps it across restarts passes it back as `resume_cursor`.
+        self.resume_cursor = resume_cursor
+        self._unconfirmed: deque[int] = deque(maxlen=UNCONFIRMED_ACKS)  # acked since the last pull
+        self.duplicates = 0  # messages received again (push or pull) after this client had them
         self.timeline = Timeline(uid)
         self.connected = asyncio.Event()
         self.reconnects = 0  # successful reconnects
         self.reconnect_attempts = 0  # connection attempts after a loss (refused ones too)
-        self.duplicates = 0  # pushed or pulled messages this client had already received
         self._lost: tuple[str, int] | None = None  # the address of the connection just lost
         self._conn: ClientConnection | None = None
         self._ids: list[int] = []
@@ -153,7 +174,10 @@ class ImClient:
         try:
             resp = await conn.request(
                 RequestType.AUTH_REQ,
-                pb.AuthRequest(uid=self.uid, token=self.token, timestamp=int(time.time() * 1000), device_id=self.device_id),
+                pb.AuthRequest(
+                    uid=self.uid, token=self.token, timestamp=int(time.time() * 1000), device_id=self.device_id,
+                    features=[FEATURE_SYNC],
+                ),
             )
         except Exception:
             conn.close()
@@ -233,11 +257,13 @@ class ImClient:
     def _on_event(self, request_type: int, message: ProtoMessage | None) -> None:
         if request_type == RequestType.PUSH:
             assert isinstance(message, pb.Message)
-            if self.timeline.seen(message.message_id):
-                self.duplicates += 1
             # Acked on receipt: from here the SDK holds it (a held message waits for its gap).
-            self._deliver(self.timeline.offer(message, time.monotonic()))
+            self._offer(message, time.monotonic())
             self._ack(message.message_id)
+        elif request_type == RequestType.SYNC:
+            assert isinstance(message, pb.Sync)
+            self.syncs.put_nowait(message)
+            self.notices.put_nowait((request_type, message))
         elif request_type == RequestType.PULL_NOTIFY:
             self.notices.put_nowait((request_type, message))
             # Coalesced: a burst of notifies costs one pull in flight plus at most one after it.
@@ -256,11 +282,20 @@ class ImClient:
         for message in messages:
             self.inbox.put_nowait(message)
 
+    def _offer(self, message: pb.Message, now: float) -> None:
+        if self.timeline.seen(message.message_id):
+            self.duplicates += 1
+        self._deliver(self.timeline.offer(message, now))
+
     def _ack(self, message_id: int) -> None:
         self._pending_acks.append(message_id)
         if not self._ack_scheduled:
             self._ack_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_acks)
+            loop = asyncio.get_running_loop()
+            if self.ack_delay_s > 0:
+                loop.call_later(self.ack_delay_s, self._flush_acks)
+            else:
+                loop.call_soon(self._flush_acks)
 
     def _flush_acks(self) -> None:
         self._ack_scheduled = False
@@ -270,7 +305,9 @@ class ImClient:
         try:
             self._conn.write(RequestType.PUSH_ACK, pb.PushAck(message_ids=ids))
         except ConnectionClosed:
-            pass
+            self._pending_acks = ids + self._pending_acks  # they go with the next pull
+            return
+        self._unconfirmed.extend(ids)  # no answer comes: confirmed only by the next pull
 
     async def _pull_on_notify(self) -> None:
         async with self._pull_lock:
@@ -282,27 +319,45 @@ class ImClient:
             return await self._pull_pages()
 
     async def _pull_pages(self) -> int:
-        """Pulls every waiting message (paged), hands them over in order, acks them."""
+        """Pulls every waiting message (paged), hands them over in order, acks them.
+
+        The first page carries this device's resume position and the acks not yet confirmed
+        (issue 11): the server moves the device's cursor before it reads the page."""
         conn = self._conn
         if conn is None:
             return 0
+        acked = list(dict.fromkeys([*self._unconfirmed, *self._pending_acks]))
+        self._pending_acks = []
+        req = pb.PullOfflineRequest(cursor=0, limit=200, resume_cursor=self.resume_cursor, acked_ids=acked)
         cursor, total = 0, 0
         while True:
-            resp = await conn.request(RequestType.PULL_OFFLINE_REQ, pb.PullOfflineRequest(cursor=cursor, limit=200))
+            try:
+                resp = await conn.request(RequestType.PULL_OFFLINE_REQ, req)
+            except BaseException:
+                if acked:  # not confirmed: keep them for the next pull
+                    self._unconfirmed.extend(a for a in acked if a not in self._unconfirmed)
+                raise
             assert isinstance(resp, pb.PullOfflineResponse)
+            if acked:
+                confirmed = set(acked)
+                self._unconfirmed = deque((a for a in self._unconfirmed if a not in confirmed), maxlen=UNCONFIRMED_ACKS)
+                acked = []
             now = time.monotonic()
             ids = []
             for message in resp.messages:
-                if self.timeline.seen(message.message_id):
-                    self.duplicates += 1
-                self._deliver(self.timeline.offer(message, now))
+                self._offer(message, now)
                 ids.append(message.message_id)
-            if ids:
-                conn.write(RequestType.PUSH_ACK, pb.PushAck(message_ids=ids))
+            # everything up to next_cursor is on this device now (what the page did not hold,
+            # the device had acked)
+            self.resume_cursor = max(self.resume_cursor, resp.next_cursor, resp.device_cursor)
             total += len(ids)
             if not resp.has_more or resp.next_cursor == cursor:
+                if ids:
+                    conn.write(RequestType.PUSH_ACK, pb.PushAck(message_ids=ids))
+                    self._unconfirmed.extend(ids)
                 return total
             cursor = resp.next_cursor
+            req = pb.PullOfflineRequest(cursor=cursor, limit=200, acked_ids=ids)  # this page's acks ride the next
 
     async def _gap_filler(self) -> None:
         """Orders what arrives out of order (see reorder.py): settles first-sight
@@ -318,7 +373,10 @@ class ImClient:
                     continue
                 now = time.monotonic()
                 for message in messages:
+                    fresh = not self.timeline.seen(message.message_id)
                     self._deliver(self.timeline.offer(message, now))
+                    if fresh:
+                        self._ack(message.message_id)  # it may wait in this device's timeline too
             self._deliver(self.timeline.expire(time.monotonic(), after=self.gap_give_up_s))
 
     async def messages(self) -> AsyncIterator[pb.Message]:
@@ -349,12 +407,20 @@ class ImClient:
             message_id=message_id, type=type, to=to, content_type=content_type, content=content,
             client_time=int(time.time() * 1000),
         )
+        return await self._acked(RequestType.SEND_REQ, req, message_id)
+
+    async def _acked(self, request_type: int, req: ProtoMessage, message_id: int) -> pb.SendAck:
+        """Sends until a SendAck says OK or DUPLICATE, with the same message_id every time
+        (S15), then fills the seq's slot; raises SendFailed."""
+        note_to_self = isinstance(req, pb.SendRequest) and req.type == SINGLE and req.to == self.uid
+        if not note_to_self:  # a note to oneself is also received, like before
+            self.timeline.expect_own(message_id)
         reason = "no attempt made"
         for attempt in range(self.retry.attempts):
             if attempt:
                 await asyncio.sleep(self.retry.delay(attempt))
             try:
-                ack = await self.request(RequestType.SEND_REQ, req, timeout=self.retry.ack_timeout)
+                ack = await self.request(request_type, req, timeout=self.retry.ack_timeout)
             except (ConnectionClosed, asyncio.TimeoutError, OSError) as exc:
                 reason = f"no ack ({type_name(exc)})"
                 continue
@@ -365,13 +431,41 @@ class ImClient:
                 raise SendFailed(message_id, f"{exc.code} {exc.message}") from exc
             assert isinstance(ack, pb.SendAck)
             if ack.code in (ErrorCode.OK, ErrorCode.DUPLICATE):
-                self._deliver(self.timeline.own_sent(ack.conversation_id, ack.seq, message_id, time.monotonic()))
+                if ack.seq:
+                    self._deliver(self.timeline.own_sent(ack.conversation_id, ack.seq, message_id, time.monotonic()))
                 return ack
             if is_retryable(ack.code):
                 reason = ack.message
                 continue
             raise SendFailed(message_id, f"{ack.code} {ack.message}")
         raise SendFailed(message_id, f"gave up after {self.retry.attempts} attempts: {reason}")
+
+    # ---- recall, edit, delete for me (v1 extensions) -----------------------------------
+
+    async def recall(self, conversation_id: str, seq: int, *, target_message_id: int = 0) -> pb.SendAck:
+        """Recalls one of our messages (within the server's window: 410 after it)."""
+        return await self._modify(pb.RECALL, conversation_id, seq, target_message_id)
+
+    async def edit(
+        self, conversation_id: str, seq: int, content: bytes | str, *, content_type: int = 0, target_message_id: int = 0
+    ) -> pb.SendAck:
+        if isinstance(content, str):
+            content = content.encode()
+        return await self._modify(pb.EDIT, conversation_id, seq, target_message_id, content=content, content_type=content_type)
+
+    async def delete_for_me(self, conversation_id: str, seq: int, *, target_message_id: int = 0) -> pb.SendAck:
+        """Hides a message (anyone's) from this user's own devices and history."""
+        return await self._modify(pb.DELETE_FOR_ME, conversation_id, seq, target_message_id)
+
+    async def _modify(
+        self, kind: int, conversation_id: str, seq: int, target_message_id: int, *, content: bytes = b"", content_type: int = 0
+    ) -> pb.SendAck:
+        message_id = await self.next_message_id()
+        req = pb.ModifyRequest(
+            message_id=message_id, kind=kind, conversation_id=conversation_id, target_seq=seq,
+            target_message_id=target_message_id, content=content, content_type=content_type,
+        )
+        return await self._acked(RequestType.MODIFY_REQ, req, message_id)
 
     async def history(
         self, conversation_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 50

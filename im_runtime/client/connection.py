@@ -13,7 +13,7 @@ from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.frame import Frame, FrameDecoder, FrameError, decode_body, encode_message
 from im_runtime.protocol.types import ErrorCode, RequestType
 
-SERVER_INITIATED = frozenset({RequestType.PUSH, RequestType.PULL_NOTIFY, RequestType.KICK})
+SERVER_INITIATED = frozenset({RequestType.PUSH, RequestType.PULL_NOTIFY, RequestType.KICK, RequestType.SYNC})
 
 
 class ServerError(Exception):

@@ -11,9 +11,10 @@ to the application, in seq order:
   (`settle()`), so that messages sent at the same moment are still put in order;
 - ids seen are remembered (bounded), so a message that arrives twice (push + offline pull, a
   re-push after reconnect) is delivered once;
-- the client's own messages only fill their slots: a send's ack, or one of its messages found
-  through history, never reaches the application as an incoming message (a chat with
-  oneself excepted).
+- the messages this client sends only fill their slots: their ids are known from the moment
+  the send starts (`expect_own`), so neither the ack nor the message found through history
+  reaches the application. The user's messages sent from another device (sender sync, S18)
+  are delivered like any other, `from` being the user's own uid.
 """
 from __future__ import annotations
 
@@ -61,9 +62,9 @@ class Timeline:
         if len(self._seen) > SEEN_IDS_LIMIT:
             self._seen.popitem(last=False)
 
-    def _ours(self, message: pb.Message) -> bool:
-        sender = getattr(message, "from")
-        return self.uid is not None and sender == self.uid and message.to != self.uid
+    def expect_own(self, message_id: int) -> None:
+        """A send of this client starts: that message must never come back as incoming."""
+        self._remember(message_id)
 
     def set_watermark(self, conversation_id: str, seq: int) -> None:
         """Everything up to seq is known (e.g. the app loaded history up to it)."""
@@ -99,8 +100,6 @@ class Timeline:
                 return self._slot(conv, message.seq, now)  # delivered before: only its slot matters
             return []
         self._remember(message.message_id)
-        if self._ours(message):
-            return self._slot(conv, message.seq, now)
         if conv.watermark is None:
             if message.seq > 1:  # first sight, mid-conversation: wait briefly for earlier arrivals
                 conv.held[message.seq] = message

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import time
+from typing import Callable
 
 from google.protobuf.message import DecodeError
 
@@ -25,6 +26,7 @@ from im_runtime.cluster.presence import SessionCache
 from im_runtime.cluster.probes import serve_probes
 from im_runtime.cluster.zk import ZkRegistry
 from im_runtime.config import Settings
+from im_runtime.dispatch import offline_push
 from im_runtime.dispatch.service import DispatchService
 from im_runtime.idgen.segment import SegmentGenerator
 from im_runtime.idgen.snowflake import SnowflakeGenerator
@@ -34,6 +36,8 @@ from im_runtime.protocol.types import ErrorCode, RequestType
 from im_runtime.storage.interfaces import SessionStore
 
 log = logging.getLogger(__name__)
+
+_Push = tuple[bytes, "str | None", str, "pb.Message | None"]
 
 
 MAX_LINK_BUFFER = 64 << 20
@@ -61,36 +65,54 @@ class ClusterPusher:
         self.sessions = sessions
         self.links = links
         self.cache = cache
-        self._waiting: dict[str, list[bytes]] = {}  # uid -> frames waiting for its lookup, in order
+        # uid -> the pushes waiting for its lookup, in order: (frame, skip_device, feature,
+        # the message to announce if the user has no session)
+        self._waiting: dict[str, list[_Push]] = {}
         self._unasked: list[str] = []
         self._worker: asyncio.Task[None] | None = None
         self._unreached: dict[str, float] = {}  # uid -> when a push to it last found no session
         self.lookups = 0
         self.dropped = 0
+        # called with the uids that have no session for a message: the offline push webhook
+        self.offline_sink: Callable[[list[str], pb.Message], None] | None = None
 
-    async def deliver(self, uids: list[str], frame: bytes) -> None:
+    async def deliver(
+        self, uids: list[str], frame: bytes, *, skip_device: str | None = None, feature: str = "",
+        offline: pb.Message | None = None,
+    ) -> None:
+        """skip_device: not to that device's connections (sender sync); feature: only to
+        connections that listed it; offline: announce this message to the uids that have no
+        session (the offline push webhook)."""
         cache, waiting = self.cache, self._waiting
+        push = (frame, skip_device, feature, offline)
         by_node: dict[str, list[str]] | None = None
+        away: list[str] | None = None
         for uid in uids:
             queued = waiting.get(uid)
             if queued is not None:
-                queued.append(frame)
+                queued.append(push)
                 continue
             nodes = cache.get(uid)
             if nodes is None:
                 if len(waiting) >= self.MAX_WAITING:
                     self.dropped += 1
                     continue
-                waiting[uid] = [frame]
+                waiting[uid] = [push]
                 self._unasked.append(uid)
                 continue
+            if not nodes and offline is not None:
+                if away is None:
+                    away = []
+                away.append(uid)
             for node in nodes:
                 if by_node is None:
                     by_node = {}
                 by_node.setdefault(node, []).append(uid)
         if by_node:
             for node, node_uids in by_node.items():
-                self._write(node, node_uids, frame)
+                self._write(node, node_uids, frame, skip_device, feature)
+        if away and self.offline_sink is not None:
+            self.offline_sink(away, offline)  # type: ignore[arg-type]
         if self._unasked and (self._worker is None or self._worker.done()):
             self._worker = asyncio.get_running_loop().create_task(self._look_up())
 
@@ -107,21 +129,30 @@ class ClusterPusher:
                 log.warning("session lookup failed; %d users' pushes wait offline", len(batch), exc_info=True)
                 ok = False
             self.cache.lookup_done(started, batch if ok else (), found)
-            groups: dict[tuple[int, str], tuple[bytes, list[str]]] = {}
+            groups: dict[tuple[int, str], tuple[_Push, list[str]]] = {}
+            away: dict[int, tuple[pb.Message, list[str]]] = {}
             now = time.monotonic()
             for uid in batch:
-                frames = self._waiting.pop(uid, ())
-                if ok and uid not in found and len(self._unreached) < self.MAX_UNREACHED:
-                    self._unreached[uid] = now
-                for node in found.get(uid, ()):
-                    for frame in frames:
-                        group = groups.get((id(frame), node))
+                pushes = self._waiting.pop(uid, ())
+                nodes = found.get(uid, ())
+                if ok and not nodes:
+                    if len(self._unreached) < self.MAX_UNREACHED:
+                        self._unreached[uid] = now
+                    for push in pushes:
+                        if push[3] is not None:
+                            away.setdefault(id(push), (push[3], []))[1].append(uid)
+                for node in nodes:
+                    for push in pushes:
+                        group = groups.get((id(push), node))
                         if group is None:
-                            groups[(id(frame), node)] = (frame, [uid])
+                            groups[(id(push), node)] = (push, [uid])
                         else:
                             group[1].append(uid)
-            for (_, node), (frame, node_uids) in groups.items():
-                self._write(node, node_uids, frame)
+            for (_, node), ((frame, skip_device, feature, _), node_uids) in groups.items():
+                self._write(node, node_uids, frame, skip_device, feature)
+            if self.offline_sink is not None:
+                for message, away_uids in away.values():
+                    self.offline_sink(away_uids, message)
 
     async def renotify(self) -> None:
         """After the session table was lost and bound again: users whose pushes found no
@@ -134,7 +165,7 @@ class ClusterPusher:
         if uids:
             await self.deliver(uids, encode_message(RequestType.PULL_NOTIFY, 0, pb.PullNotify()))
 
-    def _write(self, node: str, uids: list[str], frame: bytes) -> None:
+    def _write(self, node: str, uids: list[str], frame: bytes, skip_device: str | None = None, feature: str = "") -> None:
         link = self.links.links.get(node)
         if link is None or not link.is_open:
             return  # S9: the message waits offline; the client pulls it on reconnect
@@ -143,7 +174,7 @@ class ClusterPusher:
             # message waits offline and its receivers pull it.
             self.dropped += 1
             return
-        link.write(encode_frame(RequestType.DELIVER, 0, deliver_body(uids, frame)))
+        link.write(encode_frame(RequestType.DELIVER, 0, deliver_body(uids, frame, skip_device, feature)))
 
     def close(self) -> None:
         if self._worker is not None:
@@ -165,7 +196,8 @@ class DispatchRole:
         # A send that dies with its dispatch node leaves a pending de-dup claim; it frees
         # itself after this many seconds so the client's retry can go through (S9).
         self.stores = await cluster_stores(
-            s.redis_url, s.mongo_url, s.mongo_db, dedup_pending_ttl_s=self.dedup_pending_ttl_s
+            s.redis_url, s.mongo_url, s.mongo_db, dedup_pending_ttl_s=self.dedup_pending_ttl_s,
+            timeline_retention_s=s.timeline_retention_s, max_devices=s.max_devices,
         )
         if s.id_mode == "segment":
             ids = SegmentGenerator(self.stores.segments)
@@ -176,7 +208,11 @@ class DispatchRole:
         self.cache = SessionCache()
         self.links = LinkServer(self.handle, on_registered=self._linked, on_sessions_changed=self._sessions_changed)
         self.pusher = ClusterPusher(self.stores.sessions, self.links, self.cache)
-        self.service = DispatchService(self.stores, ids, self.pusher)
+        self.webhook = offline_push.from_settings(s)
+        if self.webhook is not None:
+            self.webhook.start()
+            self.pusher.offline_sink = self.webhook.notify
+        self.service = DispatchService(self.stores, ids, self.pusher, recall_window_s=s.recall_window_s)
         self.epoch = await self.stores.sessions.epoch()
         await self.links.start(s.host, s.link_port)
         self.path = self.zk.path("dispatch", s.node_id)
@@ -235,7 +271,7 @@ class DispatchRole:
         except (KeyError, DecodeError, ValueError):
             err = pb.Error(code=int(ErrorCode.BAD_BODY), message="body does not decode")
             return RequestType.ERROR, err.SerializeToString()
-        result = await self.service.handle(fwd.uid, fwd.request_type, message)
+        result = await self.service.handle(fwd.uid, fwd.request_type, message, device=fwd.device_id)
         if result is None:
             return None
         response_type, body = result
@@ -247,6 +283,8 @@ class DispatchRole:
     async def close(self) -> None:
         self._checker.cancel()
         self.pusher.close()
+        if self.webhook is not None:
+            await self.webhook.close()
         try:  # access nodes drop us before the links close
             await asyncio.wait_for(self.zk.unregister(self.path), 5)
         except Exception:

@@ -236,7 +236,7 @@ class ClientLink(_LinkProtocol):
     """The access node's link to one dispatch node."""
 
     def __init__(
-        self, dispatch_id: str, on_deliver: Callable[[list[str], bytes], object],
+        self, dispatch_id: str, on_deliver: Callable[..., object],
         on_rebind: Callable[[str], object] | None = None,
     ) -> None:
         super().__init__()
@@ -257,7 +257,11 @@ class ClientLink(_LinkProtocol):
         if t == RequestType.DELIVER:
             d = pb.Deliver()
             d.ParseFromString(frame.body)
-            self.on_deliver(list(d.uids), encode_frame(d.request_type, 0, d.body))
+            if d.feature or d.HasField("skip_device"):  # sender sync, extension frames
+                skip = d.skip_device if d.HasField("skip_device") else None
+                self.on_deliver(list(d.uids), encode_frame(d.request_type, 0, d.body), skip, d.feature)
+            else:
+                self.on_deliver(list(d.uids), encode_frame(d.request_type, 0, d.body))
             return
         if t == RequestType.REBIND:
             if self.on_rebind is not None:
@@ -309,9 +313,12 @@ def split_frame(frame: bytes) -> tuple[int, bytes]:
     return int.from_bytes(frame[8:12], "big"), frame[HEAD_LENGTH:]
 
 
-def deliver_body(uids: list[str], frame: bytes) -> bytes:
+def deliver_body(uids: list[str], frame: bytes, skip_device: str | None = None, feature: str = "") -> bytes:
     request_type, body = split_frame(frame)
-    return pb.Deliver(uids=uids, request_type=request_type, body=body).SerializeToString()
+    d = pb.Deliver(uids=uids, request_type=request_type, body=body, feature=feature)
+    if skip_device is not None:
+        d.skip_device = skip_device
+    return d.SerializeToString()
 
 
 __all__ = ["ClientLink", "LinkClosed", "LinkServer", "ServerLink", "decode_body", "deliver_body", "HEARTBEAT_S", "IDLE_S"]

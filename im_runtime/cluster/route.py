@@ -88,9 +88,11 @@ class RouteRole:
             raise SystemExit("route needs IMSTACK_TOKEN_KEY (shared by every route replica) and IMSTACK_ADMIN_KEY")
         self.zk = ZkRegistry(s.zk, s.zk_root)
         await self.zk.start()
-        self.stores = await cluster_stores(s.redis_url, s.mongo_url, s.mongo_db)
+        self.stores = await cluster_stores(
+            s.redis_url, s.mongo_url, s.mongo_db, timeline_retention_s=s.timeline_retention_s, max_devices=s.max_devices
+        )
         self.signer = TokenSigner(s.token_key.encode())
-        self.route = RouteService(self.signer, self.stores.sessions)
+        self.route = RouteService(self.signer, self.stores.sessions, self.stores.offline)
         self.grpc, self.grpc_port = await start_grpc(self.route, s.host, s.grpc_port, ready=lambda: self.zk.connected)
         self.ips = ZkIpList(self.zk)
         self.liveness = AccessLiveness(on_change=self.ips.invalidate)

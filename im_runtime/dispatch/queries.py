@@ -49,10 +49,37 @@ def refusal(code: ErrorCode, conversation_id: str) -> str:
     }.get(code, code.name)
 
 
+async def tombstones(stores: Stores, viewer: str, messages: list[pb.Message]) -> list[pb.Message]:
+    """The messages as `viewer` may see them: those it deleted for itself become tombstones
+    (status DELETED, no content; seq and ids stay, so clients keep their order)."""
+    if not messages:
+        return messages
+    by_conv: dict[str, list[int]] = {}
+    for m in messages:
+        if not m.event.kind:
+            by_conv.setdefault(m.conversation_id, []).append(m.seq)
+    hidden: set[tuple[str, int]] = set()
+    for conv, seqs in by_conv.items():
+        hidden |= {(conv, s) for s in await stores.hidden.hidden(viewer, conv, seqs)}
+    if not hidden:
+        return messages
+    return [tombstone(m) if (m.conversation_id, m.seq) in hidden else m for m in messages]
+
+
+def tombstone(message: pb.Message) -> pb.Message:
+    out = pb.Message()
+    out.CopyFrom(message)
+    out.content = b""
+    out.content_type = 0
+    out.status = pb.DELETED
+    return out
+
+
 async def history(
-    stores: Stores, conversation_id: str, *, after_seq: int, before_seq: int, limit: int
+    stores: Stores, conversation_id: str, *, after_seq: int, before_seq: int, limit: int, viewer: str | None = None
 ) -> tuple[list[pb.Message], bool]:
-    """A page of history in ascending seq order.
+    """A page of history in ascending seq order, as `viewer` may see it (tombstones for what
+    it deleted for itself; recalled and edited messages are stored revised already).
 
     after_seq only: the oldest `limit` after it (catching up). before_seq (or nothing): the
     newest `limit` below it (scrolling back), still returned ascending.
@@ -74,6 +101,8 @@ async def history(
         )
     messages = messages[::-1] if newest_first else messages
     messages, trimmed = fit(messages, keep_newest=newest_first)
+    if viewer is not None:
+        messages = await tombstones(stores, viewer, messages)
     return messages, has_more or trimmed
 
 

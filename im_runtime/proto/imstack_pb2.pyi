@@ -12,21 +12,45 @@ class ConversationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONVERSATION_TYPE_UNSPECIFIED: _ClassVar[ConversationType]
     SINGLE: _ClassVar[ConversationType]
     GROUP: _ClassVar[ConversationType]
+
+class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
+    RECALL: _ClassVar[EventKind]
+    EDIT: _ClassVar[EventKind]
+    DELETE_FOR_ME: _ClassVar[EventKind]
+
+class MessageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MESSAGE_STATUS_NORMAL: _ClassVar[MessageStatus]
+    EDITED: _ClassVar[MessageStatus]
+    RECALLED: _ClassVar[MessageStatus]
+    DELETED: _ClassVar[MessageStatus]
 CONVERSATION_TYPE_UNSPECIFIED: ConversationType
 SINGLE: ConversationType
 GROUP: ConversationType
+EVENT_KIND_UNSPECIFIED: EventKind
+RECALL: EventKind
+EDIT: EventKind
+DELETE_FOR_ME: EventKind
+MESSAGE_STATUS_NORMAL: MessageStatus
+EDITED: MessageStatus
+RECALLED: MessageStatus
+DELETED: MessageStatus
 
 class AuthRequest(_message.Message):
-    __slots__ = ("uid", "token", "timestamp", "device_id")
+    __slots__ = ("uid", "token", "timestamp", "device_id", "features")
     UID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     uid: str
     token: str
     timestamp: int
     device_id: str
-    def __init__(self, uid: _Optional[str] = ..., token: _Optional[str] = ..., timestamp: _Optional[int] = ..., device_id: _Optional[str] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, uid: _Optional[str] = ..., token: _Optional[str] = ..., timestamp: _Optional[int] = ..., device_id: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AuthResponse(_message.Message):
     __slots__ = ("code", "message", "server_time")
@@ -73,7 +97,7 @@ class SendAck(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., seq: _Optional[int] = ..., server_time: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "conversation_id", "seq", "type", "to", "content_type", "content", "server_time", "gap")
+    __slots__ = ("message_id", "conversation_id", "seq", "type", "to", "content_type", "content", "server_time", "event", "status", "revision_seq", "gap")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +107,9 @@ class Message(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_SEQ_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
     message_id: int
     conversation_id: str
@@ -92,8 +119,11 @@ class Message(_message.Message):
     content_type: int
     content: bytes
     server_time: int
+    event: MessageEvent
+    status: MessageStatus
+    revision_seq: int
     gap: bool
-    def __init__(self, message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., seq: _Optional[int] = ..., type: _Optional[_Union[ConversationType, str]] = ..., to: _Optional[str] = ..., content_type: _Optional[int] = ..., content: _Optional[bytes] = ..., server_time: _Optional[int] = ..., gap: _Optional[bool] = ..., **kwargs) -> None: ...
+    def __init__(self, message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., seq: _Optional[int] = ..., type: _Optional[_Union[ConversationType, str]] = ..., to: _Optional[str] = ..., content_type: _Optional[int] = ..., content: _Optional[bytes] = ..., server_time: _Optional[int] = ..., event: _Optional[_Union[MessageEvent, _Mapping]] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., revision_seq: _Optional[int] = ..., gap: _Optional[bool] = ..., **kwargs) -> None: ...
 
 class PushAck(_message.Message):
     __slots__ = ("message_ids",)
@@ -102,22 +132,28 @@ class PushAck(_message.Message):
     def __init__(self, message_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PullOfflineRequest(_message.Message):
-    __slots__ = ("cursor", "limit")
+    __slots__ = ("cursor", "limit", "resume_cursor", "acked_ids")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    ACKED_IDS_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     limit: int
-    def __init__(self, cursor: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    resume_cursor: int
+    acked_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, cursor: _Optional[int] = ..., limit: _Optional[int] = ..., resume_cursor: _Optional[int] = ..., acked_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PullOfflineResponse(_message.Message):
-    __slots__ = ("messages", "has_more", "next_cursor")
+    __slots__ = ("messages", "has_more", "next_cursor", "device_cursor")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     HAS_MORE_FIELD_NUMBER: _ClassVar[int]
     NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CURSOR_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     has_more: bool
     next_cursor: int
-    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., has_more: _Optional[bool] = ..., next_cursor: _Optional[int] = ...) -> None: ...
+    device_cursor: int
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., has_more: _Optional[bool] = ..., next_cursor: _Optional[int] = ..., device_cursor: _Optional[int] = ...) -> None: ...
 
 class PullNotify(_message.Message):
     __slots__ = ("conversation_id", "latest_seq", "pending")
@@ -231,6 +267,44 @@ class Error(_message.Message):
     message: str
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
+class MessageEvent(_message.Message):
+    __slots__ = ("kind", "target_seq", "target_message_id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    kind: EventKind
+    target_seq: int
+    target_message_id: int
+    def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., target_seq: _Optional[int] = ..., target_message_id: _Optional[int] = ...) -> None: ...
+
+class ModifyRequest(_message.Message):
+    __slots__ = ("message_id", "kind", "conversation_id", "target_seq", "target_message_id", "content_type", "content")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    message_id: int
+    kind: EventKind
+    conversation_id: str
+    target_seq: int
+    target_message_id: int
+    content_type: int
+    content: bytes
+    def __init__(self, message_id: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., conversation_id: _Optional[str] = ..., target_seq: _Optional[int] = ..., target_message_id: _Optional[int] = ..., content_type: _Optional[int] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class Sync(_message.Message):
+    __slots__ = ("conversation_id", "read_seq", "deleted_seqs")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DELETED_SEQS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    read_seq: int
+    deleted_seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, conversation_id: _Optional[str] = ..., read_seq: _Optional[int] = ..., deleted_seqs: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class LinkRegister(_message.Message):
     __slots__ = ("node_id", "host", "port", "kind")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -272,14 +346,18 @@ class ForwardResponse(_message.Message):
     def __init__(self, conn_id: _Optional[int] = ..., request_type: _Optional[int] = ..., sequence: _Optional[int] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class Deliver(_message.Message):
-    __slots__ = ("uids", "request_type", "body")
+    __slots__ = ("uids", "request_type", "body", "skip_device", "feature")
     UIDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TYPE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    SKIP_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
     uids: _containers.RepeatedScalarFieldContainer[str]
     request_type: int
     body: bytes
-    def __init__(self, uids: _Optional[_Iterable[str]] = ..., request_type: _Optional[int] = ..., body: _Optional[bytes] = ...) -> None: ...
+    skip_device: str
+    feature: str
+    def __init__(self, uids: _Optional[_Iterable[str]] = ..., request_type: _Optional[int] = ..., body: _Optional[bytes] = ..., skip_device: _Optional[str] = ..., feature: _Optional[str] = ...) -> None: ...
 
 class SessionChanged(_message.Message):
     __slots__ = ("uids", "all")

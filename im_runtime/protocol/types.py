@@ -48,6 +48,9 @@ class RequestType(enum.IntEnum):
     UNREAD_RESP = 35
     ID_BATCH_REQ = 40
     ID_BATCH_RESP = 41
+    # v1 extensions (docs/protocol.md)
+    SYNC = 36
+    MODIFY_REQ = 50
     KICK = 90
     ERROR = 99
     # internal link types (never accepted from clients)
@@ -71,6 +74,7 @@ class ErrorCode(enum.IntEnum):
     DUPLICATE = 409
     FRAME_TOO_LARGE = 413
     BAD_FRAME = 422
+    GONE = 410  # v1 extension: the recall window has passed
     RATE_LIMITED = 429
     UNAVAILABLE = 503
 
@@ -100,6 +104,8 @@ BODY_TYPES: dict[int, type[ProtoMessage] | None] = {
     RequestType.ID_BATCH_RESP: pb.IdBatchResponse,
     RequestType.KICK: pb.Kick,
     RequestType.ERROR: pb.Error,
+    RequestType.SYNC: pb.Sync,
+    RequestType.MODIFY_REQ: pb.ModifyRequest,
     RequestType.LINK_REGISTER: pb.LinkRegister,
     RequestType.LINK_REGISTER_ACK: None,
     RequestType.LINK_HEARTBEAT: None,
@@ -123,7 +129,13 @@ CLIENT_REQUESTS: dict[int, int | None] = {
     RequestType.READ_STATUS_REQ: RequestType.READ_STATUS_RESP,
     RequestType.UNREAD_REQ: RequestType.UNREAD_RESP,
     RequestType.ID_BATCH_REQ: RequestType.ID_BATCH_RESP,
+    RequestType.MODIFY_REQ: RequestType.SEND_ACK,
 }
+
+# Server-initiated types of the v1 extensions: sent only to connections that asked for them
+# in AuthRequest.features, so a client written from PROTOCOL.md alone never sees one.
+FEATURE_SYNC = "sync"
+
 
 
 UID_PATTERN = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")

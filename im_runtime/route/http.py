@@ -213,7 +213,7 @@ class HttpApi:
             status = {ErrorCode.BAD_BODY: 400, ErrorCode.NOT_FOUND: 404}.get(verdict, 403)
             return _error(status, refusal(verdict, conversation_id))
         messages, has_more = await history(
-            self.stores, conversation_id, after_seq=after_seq, before_seq=before_seq, limit=limit
+            self.stores, conversation_id, after_seq=after_seq, before_seq=before_seq, limit=limit, viewer=uid
         )
         return web.json_response(
             {

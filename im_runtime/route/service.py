@@ -11,13 +11,18 @@ from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.types import ErrorCode
 from im_runtime.protocol.types import valid_uid
 from im_runtime.route.tokens import TokenSigner
-from im_runtime.storage.interfaces import SessionStore
+from im_runtime.storage.interfaces import OfflineStore, SessionStore
 
 
 class RouteService:
-    def __init__(self, signer: TokenSigner, sessions: SessionStore) -> None:
+    """`devices`: the timeline store, whose device registry learns of every sign-in (S18):
+    a device that signed in once keeps its messages until it has them (or the retention
+    limit passes), even if it never pulled."""
+
+    def __init__(self, signer: TokenSigner, sessions: SessionStore, devices: OfflineStore | None = None) -> None:
         self.signer = signer
         self.sessions = sessions
+        self.devices = devices
 
     async def authenticate(self, req: pb.AuthRequest, *, node: str, conn_id: int) -> pb.AuthResponse:
         now_ms = int(time.time() * 1000)
@@ -26,6 +31,8 @@ class RouteService:
         if self.signer.verify(req.token, uid=req.uid) is None:
             return pb.AuthResponse(code=ErrorCode.UNAUTHENTICATED, message="bad or expired token", server_time=now_ms)
         await self.sessions.bind(req.uid, node, conn_id, req.device_id)
+        if self.devices is not None:
+            await self.devices.register(req.uid, req.device_id)
         return pb.AuthResponse(code=0, message="ok", server_time=now_ms)
 
     async def unbind(self, uid: str, *, node: str, conn_id: int) -> bool:

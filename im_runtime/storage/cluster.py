@@ -17,6 +17,7 @@ import os
 from im_runtime.storage.interfaces import Stores
 from im_runtime.storage.mongo_store import (
     MongoGroupStore,
+    MongoHiddenStore,
     MongoMessageStore,
     MongoSegmentStore,
     MongoSeqFloor,
@@ -71,6 +72,8 @@ async def cluster_stores(
     redis_max_connections: int = 64,
     redis_reply_timeout_s: float = 10.0,
     mongo_max_pool_size: int = 32,
+    timeline_retention_s: float = 7 * 24 * 3600,
+    max_devices: int = 16,
 ) -> Stores:
     """Stores backed by Redis (`redis_url`) and MongoDB (`mongo_url`, database `mongo_db`).
 
@@ -98,26 +101,31 @@ async def cluster_stores(
         await pools.close()
         raise
     messages = MongoMessageStore(db)
+    offline = RedisOfflineStore(pipe, retention_s=timeline_retention_s, max_devices=max_devices)
     sequences = RedisSequenceStore(pipe, MongoSeqFloor(db, messages), block=seq_block)
     lease_s = dedup_pending_ttl_s if dedup_pending_ttl_s is not None else min(dedup_ttl_s, 10.0)
     steps = RedisSendSteps(
-        pipe, sequences, messages, single_node=not isinstance(pipe, ClusterAutoPipeline), ttl_s=dedup_ttl_s, lease_s=lease_s,
+        pipe, sequences, messages, offline, single_node=not isinstance(pipe, ClusterAutoPipeline), ttl_s=dedup_ttl_s, lease_s=lease_s,
     )
     return Stores(
         sessions=RedisSessionStore(pipe),
-        offline=RedisOfflineStore(pipe),
+        offline=offline,
         sequences=sequences,
         messages=messages,
         groups=MongoGroupStore(db, RedisGroupCache(pipe)),
         reads=RedisReadStore(pipe),
         segments=_ClosingSegments(db, pools),
+        hidden=MongoHiddenStore(db),
         steps=steps,
     )
 
 
 async def cluster_stores_from_env(**options) -> Stores:
     """cluster_stores with the addresses of docs/contracts.md (IMSTACK_REDIS_URL,
-    IMSTACK_MONGO_URL, IMSTACK_MONGO_DB) and their defaults."""
+    IMSTACK_MONGO_URL, IMSTACK_MONGO_DB) and their defaults, and the timeline settings
+    (IMSTACK_TIMELINE_RETENTION, IMSTACK_MAX_DEVICES)."""
+    options.setdefault("timeline_retention_s", float(os.environ.get("IMSTACK_TIMELINE_RETENTION", 7 * 24 * 3600)))
+    options.setdefault("max_devices", int(os.environ.get("IMSTACK_MAX_DEVICES", 16)))
     return await cluster_stores(
         os.environ.get("IMSTACK_REDIS_URL", "redis://127.0.0.1:6379/0"),
         os.environ.get("IMSTACK_MONGO_URL", "mongodb://127.0.0.1:27017"),

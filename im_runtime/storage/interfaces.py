@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, NamedTuple, Protocol
 
 from im_runtime.proto import imstack_pb2 as pb
 
@@ -31,22 +31,55 @@ class SessionStore(Protocol):
         restart without persistence, FLUSHALL), so the access nodes know to bind again."""
 
 
-class OfflineStore(Protocol):
-    """Write-diffusion offline queue per receiver (S10, S18): one ordered timeline per user.
+class OfflinePage(NamedTuple):
+    messages: list[pb.Message]  # oldest first
+    has_more: bool
+    next_cursor: int  # position of the last message returned (the start when none was)
+    device_cursor: int  # the device's cursor after the call: where its next pull starts
 
-    A message stays until the receiver acks it (PUSH_ACK). Adding the same message id twice
-    for one user keeps one copy. The cursor is opaque to clients; 0 means from the oldest.
+
+class OfflineStore(Protocol):
+    """S18: one timeline per user, read per device (docs/storage.md, "Timeline").
+
+    Every message for a user is one entry (a second add of the same message id keeps one) at a
+    position that only grows, across conversations. Each device of the user has a cursor:
+    every entry at or below it is one the device has; entries above it that the device acked
+    out of order are remembered until the cursor passes them. A device registers when it signs
+    in (and on any pull, ack or send), starting before every entry still kept.
+
+    An entry goes once every registered device is past it, or once it is older than the
+    retention limit; a device unseen for longer than the retention limit leaves the registry
+    (it catches up from history), and past `max_devices` the least recently seen one does.
+    A user with no registered device keeps every entry (until the retention limit). Memory per
+    entry does not depend on the number of devices: one entry, one cursor per device.
+    Positions are opaque to clients; 0 means before the oldest. Device "" is a device too
+    (every v1 connection that sends no device_id).
     """
 
-    async def add(self, uid: str, message: pb.Message) -> int:
-        """Stores the message for uid; returns how many of uid's pending messages belong to
-        message.conversation_id after the add (drives PULL_NOTIFY, S11)."""
-    async def pull(self, uid: str, cursor: int, limit: int) -> tuple[list[pb.Message], bool, int]:
-        """(messages after cursor oldest first, has_more, next_cursor)."""
-    async def ack(self, uid: str, message_ids: Iterable[int]) -> int:
-        """Removes acked messages; returns how many were removed."""
-    async def backlog(self, uid: str) -> int:
-        """Number of messages waiting for uid."""
+    async def add(self, uid: str, message: pb.Message, *, holder: str | None = None) -> int:
+        """Adds the message to uid's timeline. `holder`: a device of uid that has it already
+        (the device that sent it: sender sync); it counts as acked by that device. Returns how
+        many of uid's entries in message.conversation_id no device has acked (PULL_NOTIFY, S11)."""
+    async def pull(
+        self, uid: str, cursor: int, limit: int, *, device: str = "", resume_cursor: int = 0, acked_ids: Iterable[int] = ()
+    ) -> OfflinePage:
+        """First `acked_ids` are acked and the device's cursor moves up to `resume_cursor` (the
+        device says it has every entry up to there; never past the last position, never back);
+        then the entries after max(cursor, device cursor) that the device has not acked, at most
+        `limit`. One atomic step."""
+    async def ack(self, uid: str, message_ids: Iterable[int], *, device: str = "") -> int:
+        """The device has these messages; returns how many entries it had not acked before."""
+    async def revise(self, uid: str, message: pb.Message) -> bool:
+        """Replaces uid's entry of message.message_id (same conversation and seq) with this
+        version (a recall or edit), so a device that pulls it later gets the current content;
+        False when there is no such entry."""
+    async def backlog(self, uid: str, *, device: str | None = None) -> int:
+        """Entries kept for uid; with a device, the entries that device has not acked."""
+    async def register(self, uid: str, device: str) -> int:
+        """The device signed in: registers it if new (before every entry kept) and marks it
+        seen; returns its cursor."""
+    async def devices(self, uid: str) -> dict[str, int]:
+        """The registry: device -> cursor."""
 
 
 class SequenceStore(Protocol):
@@ -75,6 +108,24 @@ class MessageStore(Protocol):
         bound), at most limit, ascending (or newest first); has_more says more matched."""
     async def max_seq(self, conversation_id: str) -> int:
         """Highest stored seq, markers included (0 if none): the floor a seq counter recovers to."""
+    async def get(self, conversation_id: str, seq: int) -> pb.Message | None: ...
+    async def revise(
+        self, conversation_id: str, seq: int, change: Callable[[pb.Message], pb.Message | None]
+    ) -> pb.Message | None:
+        """Replaces the stored message at seq with change(stored), atomically against other
+        revisions (compare-and-set, retried): recall and edit keep history current. change
+        returns None to leave it; the result is the stored message after, or None if
+        there is none or change refused."""
+
+
+class HiddenStore(Protocol):
+    """Messages a user deleted for themselves ("delete for me"): history and offline pulls
+    show that user a tombstone instead. Durable (MongoDB in cluster mode): a deletion must not
+    come back when Redis loses state."""
+
+    async def hide(self, uid: str, conversation_id: str, seqs: Iterable[int]) -> None: ...
+    async def hidden(self, uid: str, conversation_id: str, seqs: Iterable[int]) -> set[int]:
+        """The ones of seqs that uid deleted."""
 
 
 class SendState(enum.Enum):
@@ -170,10 +221,11 @@ class Stores:
     groups: GroupStore
     reads: ReadStore
     segments: SegmentStore
+    hidden: HiddenStore
     steps: SendSteps
 
     async def close(self) -> None:
-        for store in (self.steps, self.sessions, self.offline, self.sequences, self.messages, self.groups, self.reads, self.segments):
+        for store in (self.steps, self.sessions, self.offline, self.sequences, self.messages, self.groups, self.reads, self.hidden, self.segments):
             close = getattr(store, "close", None)
             if close is not None:
                 await close()

@@ -1,19 +1,27 @@
 """The memory engine: every store in plain dicts, for the all-in-one mode and tests.
 
-Single event loop, so each method is atomic (no await inside). Offline queues keep their
-own insertion counter as the cursor, which makes the timeline order (S18) exact.
+Single event loop, so each method is atomic (no await inside). The offline timeline (S18)
+follows the Redis engine's positions and clean-up rules exactly, so one contract suite holds
+both.
 """
 from __future__ import annotations
 
 import bisect
-import itertools
 import time
 from collections import defaultdict
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 from im_runtime.proto import imstack_pb2 as pb
 from im_runtime.protocol.types import gap_marker, is_gap
-from im_runtime.storage.interfaces import Begun, SendState, Stores
+from im_runtime.storage.interfaces import Begun, OfflinePage, SendState, Stores
+
+DEFAULT_RETENTION_S = 7 * 24 * 3600  # IMSTACK_TIMELINE_RETENTION (docs/storage.md)
+DEFAULT_MAX_DEVICES = 16  # IMSTACK_MAX_DEVICES
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class MemorySessionStore:
@@ -57,63 +65,223 @@ class MemorySessionStore:
         return removed
 
 
+@dataclass(slots=True)
+class _Entry:
+    message: pb.Message
+    acked_by_any: bool  # some device has it: no longer counts as pending (PULL_NOTIFY)
+
+
+@dataclass(slots=True)
+class _Device:
+    cursor: int = 0
+    seen_ms: int = 0
+    above: set[int] = field(default_factory=set)  # positions acked out of order, above cursor
+
+
+@dataclass(slots=True)
+class _Timeline:
+    """Positions only grow and entries only ever leave from the oldest end (every device past
+    them, or retention), so the timeline is an ascending list trimmed at its head."""
+
+    positions: list[int] = field(default_factory=list)  # ascending; live from `head`
+    head: int = 0
+    entries: dict[int, _Entry] = field(default_factory=dict)  # position -> entry
+    by_id: dict[int, int] = field(default_factory=dict)  # message id -> position
+    pending: dict[str, int] = field(default_factory=dict)  # conversation -> entries no device acked
+    devices: dict[str, _Device] = field(default_factory=dict)
+    last: int = 0  # last position handed out (kept when the timeline empties)
+
+    def after(self, position: int) -> int:
+        """Index in `positions` of the first live entry above position."""
+        return bisect.bisect_right(self.positions, position, lo=self.head)
+
+
 class MemoryOfflineStore:
-    def __init__(self) -> None:
-        # uid -> {cursor: message}; dicts keep insertion (= cursor) order.
-        self._queues: dict[str, dict[int, pb.Message]] = {}
-        self._index: dict[str, dict[int, int]] = {}  # uid -> message_id -> cursor
-        self._pending: dict[str, dict[str, int]] = {}  # uid -> conversation -> count
-        self._counter = itertools.count(1)
+    """interfaces.OfflineStore in dicts, the reference behaviour of the Redis engine: the same
+    positions (max(server_time_ms * 1000, last + 1)), cursors, retention and clean-up."""
 
-    async def add(self, uid: str, message: pb.Message) -> int:
-        index = self._index.setdefault(uid, {})
-        pending = self._pending.setdefault(uid, {})
+    def __init__(self, *, retention_s: float = DEFAULT_RETENTION_S, max_devices: int = DEFAULT_MAX_DEVICES) -> None:
+        self._users: dict[str, _Timeline] = {}
+        self.retention_ms = int(retention_s * 1000)
+        self.max_devices = max_devices
+
+    def _timeline(self, uid: str) -> _Timeline:
+        tl = self._users.get(uid)
+        if tl is None:
+            tl = self._users[uid] = _Timeline()
+        return tl
+
+    # ---- the steps every call is made of (the Lua helpers of the Redis engine) ----------
+
+    def _drop_oldest(self, tl: _Timeline) -> None:
+        position = tl.positions[tl.head]
+        tl.head += 1
+        entry = tl.entries.pop(position)
+        del tl.by_id[entry.message.message_id]
+        if not entry.acked_by_any:
+            self._count(tl, entry.message.conversation_id, -1)
+        for dev in tl.devices.values():
+            dev.above.discard(position)
+        if tl.head > 64 and tl.head * 2 > len(tl.positions):
+            del tl.positions[: tl.head]
+            tl.head = 0
+
+    @staticmethod
+    def _count(tl: _Timeline, conv: str, delta: int) -> None:
+        left = tl.pending.get(conv, 0) + delta
+        if left > 0:
+            tl.pending[conv] = left
+        else:
+            tl.pending.pop(conv, None)
+
+    def _expire(self, tl: _Timeline, now_ms: int) -> None:
+        cutoff = (now_ms - self.retention_ms) * 1000
+        while tl.head < len(tl.positions) and tl.positions[tl.head] < cutoff:
+            self._drop_oldest(tl)
+
+    def _device(self, tl: _Timeline, device: str, now_ms: int) -> _Device:
+        dev = tl.devices.get(device)
+        if dev is None:
+            while len(tl.devices) >= self.max_devices:
+                del tl.devices[min(tl.devices, key=lambda d: tl.devices[d].seen_ms)]
+            dev = tl.devices[device] = _Device()
+        dev.seen_ms = now_ms
+        return dev
+
+    def _mark(self, tl: _Timeline, dev: _Device, position: int) -> bool:
+        if position <= dev.cursor or position in dev.above:
+            return False
+        dev.above.add(position)
+        entry = tl.entries[position]
+        if not entry.acked_by_any:
+            entry.acked_by_any = True
+            self._count(tl, entry.message.conversation_id, -1)
+        return True
+
+    @staticmethod
+    def _advance(tl: _Timeline, dev: _Device) -> None:
+        """Moves the cursor over the acked entries right above it."""
+        if not dev.above:
+            return
+        positions = tl.positions
+        for i in range(tl.after(dev.cursor), len(positions)):
+            position = positions[i]
+            if position not in dev.above:
+                break
+            dev.above.discard(position)
+            dev.cursor = position
+
+    def _clean(self, tl: _Timeline, now_ms: int) -> None:
+        stale = now_ms - self.retention_ms
+        for name in [d for d, dev in tl.devices.items() if dev.seen_ms < stale]:
+            del tl.devices[name]
+        if not tl.devices:
+            return  # nobody has anything: keep it all (until the retention limit)
+        floor = min(dev.cursor for dev in tl.devices.values())
+        while tl.head < len(tl.positions) and tl.positions[tl.head] <= floor:
+            self._drop_oldest(tl)
+
+    # ---- the interface ----------------------------------------------------------------
+
+    async def add(self, uid: str, message: pb.Message, *, holder: str | None = None) -> int:
+        tl = self._timeline(uid)
+        now_ms = _now_ms()
+        self._expire(tl, now_ms)
         conv = message.conversation_id
-        if message.message_id not in index:
-            cursor = next(self._counter)
-            index[message.message_id] = cursor
-            self._queues.setdefault(uid, {})[cursor] = message
-            pending[conv] = pending.get(conv, 0) + 1
-        return pending.get(conv, 0)
+        if message.message_id in tl.by_id:
+            return tl.pending.get(conv, 0)
+        position = max(max(0, message.server_time) * 1000, tl.last + 1)
+        previous, tl.last = tl.last, position
+        dev = None
+        if holder is not None:
+            dev = self._device(tl, holder, now_ms)
+            if len(tl.devices) == 1 and dev.cursor >= previous:
+                dev.cursor = position  # the only device, and it has everything: no entry needed
+                return tl.pending.get(conv, 0)
+        tl.positions.append(position)
+        tl.entries[position] = _Entry(message, dev is not None)
+        tl.by_id[message.message_id] = position
+        if dev is None:
+            self._count(tl, conv, 1)
+        else:
+            dev.above.add(position)
+            self._advance(tl, dev)
+            self._clean(tl, now_ms)
+        return tl.pending.get(conv, 0)
 
-    async def pull(self, uid: str, cursor: int, limit: int) -> tuple[list[pb.Message], bool, int]:
-        queue = self._queues.get(uid)
-        if not queue:
-            return [], False, cursor
-        keys = list(queue)  # ascending: cursors only grow
-        start = bisect.bisect_right(keys, cursor)
-        chosen = keys[start : start + limit]
-        next_cursor = chosen[-1] if chosen else cursor
-        return [queue[k] for k in chosen], start + limit < len(keys), next_cursor
-
-    async def ack(self, uid: str, message_ids: Iterable[int]) -> int:
-        index = self._index.get(uid)
-        if not index:
-            return 0
-        queue = self._queues[uid]
-        pending = self._pending[uid]
-        removed = 0
-        for message_id in message_ids:
-            cursor = index.pop(message_id, None)
-            if cursor is None:
+    async def pull(
+        self, uid: str, cursor: int, limit: int, *, device: str = "", resume_cursor: int = 0, acked_ids: Iterable[int] = ()
+    ) -> OfflinePage:
+        tl = self._timeline(uid)
+        now_ms = _now_ms()
+        dev = self._device(tl, device, now_ms)
+        self._ack(tl, dev, acked_ids)
+        if resume_cursor > dev.cursor:
+            dev.cursor = min(int(resume_cursor), tl.last)
+            dev.above = {p for p in dev.above if p > dev.cursor}
+        self._advance(tl, dev)
+        self._clean(tl, now_ms)
+        start = max(int(cursor), dev.cursor)
+        chosen: list[int] = []
+        has_more = False
+        positions = tl.positions
+        for i in range(tl.after(start), len(positions)):
+            position = positions[i]
+            if position in dev.above:
                 continue
-            message = queue.pop(cursor)
-            conv = message.conversation_id
-            left = pending.get(conv, 1) - 1
-            if left > 0:
-                pending[conv] = left
-            else:
-                pending.pop(conv, None)
-            removed += 1
-        if not index:
-            del self._index[uid], self._queues[uid], self._pending[uid]
-        return removed
+            if len(chosen) >= limit:
+                has_more = True
+                break
+            chosen.append(position)
+        next_cursor = chosen[-1] if chosen else start
+        return OfflinePage([tl.entries[p].message for p in chosen], has_more, next_cursor, dev.cursor)
 
-    async def backlog(self, uid: str) -> int:
-        return len(self._index.get(uid, ()))
+    def _ack(self, tl: _Timeline, dev: _Device, message_ids: Iterable[int]) -> int:
+        newly = 0
+        for message_id in message_ids:
+            position = tl.by_id.get(message_id)
+            if position is not None and self._mark(tl, dev, position):
+                newly += 1
+        return newly
+
+    async def ack(self, uid: str, message_ids: Iterable[int], *, device: str = "") -> int:
+        tl = self._timeline(uid)
+        now_ms = _now_ms()
+        dev = self._device(tl, device, now_ms)
+        newly = self._ack(tl, dev, message_ids)
+        self._advance(tl, dev)
+        self._clean(tl, now_ms)
+        return newly
+
+    async def revise(self, uid: str, message: pb.Message) -> bool:
+        tl = self._users.get(uid)
+        position = tl.by_id.get(message.message_id) if tl is not None else None
+        if position is None:
+            return False
+        entry = tl.entries[position]
+        if (entry.message.conversation_id, entry.message.seq) != (message.conversation_id, message.seq):
+            return False
+        entry.message = message
+        return True
+
+    async def backlog(self, uid: str, *, device: str | None = None) -> int:
+        tl = self._users.get(uid)
+        if tl is None:
+            return 0
+        dev = tl.devices.get(device) if device is not None else None
+        if dev is None:
+            return len(tl.entries)
+        return sum(1 for p in tl.entries if p > dev.cursor and p not in dev.above)
+
+    async def register(self, uid: str, device: str) -> int:
+        return self._device(self._timeline(uid), device, _now_ms()).cursor
+
+    async def devices(self, uid: str) -> dict[str, int]:
+        tl = self._users.get(uid)
+        return {} if tl is None else {d: dev.cursor for d, dev in tl.devices.items()}
 
     def total_backlog(self) -> int:
-        return sum(len(v) for v in self._index.values())
+        return sum(len(tl.entries) for tl in self._users.values())
 
 
 class MemorySequenceStore:
@@ -192,6 +360,33 @@ class MemoryMessageStore:
 
     async def max_seq(self, conversation_id: str) -> int:
         return self._max.get(conversation_id, 0)
+
+    async def get(self, conversation_id: str, seq: int) -> pb.Message | None:
+        return self._by_conv.get(conversation_id, {}).get(seq)
+
+    async def revise(
+        self, conversation_id: str, seq: int, change: Callable[[pb.Message], pb.Message | None]
+    ) -> pb.Message | None:
+        conv = self._by_conv.get(conversation_id, {})
+        stored = conv.get(seq)
+        if stored is None:
+            return None
+        revised = change(stored)
+        if revised is not None:
+            conv[seq] = revised
+        return revised
+
+
+class MemoryHiddenStore:
+    def __init__(self) -> None:
+        self._hidden: dict[tuple[str, str], set[int]] = {}
+
+    async def hide(self, uid: str, conversation_id: str, seqs: Iterable[int]) -> None:
+        self._hidden.setdefault((uid, conversation_id), set()).update(int(s) for s in seqs)
+
+    async def hidden(self, uid: str, conversation_id: str, seqs: Iterable[int]) -> set[int]:
+        mine = self._hidden.get((uid, conversation_id))
+        return {int(s) for s in seqs if int(s) in mine} if mine else set()
 
 
 class MemorySendSteps:
@@ -357,8 +552,13 @@ class MemorySegmentStore:
         return start, start + step
 
 
-def memory_stores(*, dedup_ttl_s: float = 24 * 3600, lease_s: float = 10.0) -> Stores:
-    offline, sequences, messages, reads = MemoryOfflineStore(), MemorySequenceStore(), MemoryMessageStore(), MemoryReadStore()
+def memory_stores(
+    *, dedup_ttl_s: float = 24 * 3600, lease_s: float = 10.0,
+    retention_s: float = DEFAULT_RETENTION_S, max_devices: int = DEFAULT_MAX_DEVICES,
+) -> Stores:
+    offline, sequences, messages, reads = (
+        MemoryOfflineStore(retention_s=retention_s, max_devices=max_devices), MemorySequenceStore(), MemoryMessageStore(), MemoryReadStore(),
+    )
     return Stores(
         sessions=MemorySessionStore(),
         offline=offline,
@@ -367,5 +567,6 @@ def memory_stores(*, dedup_ttl_s: float = 24 * 3600, lease_s: float = 10.0) -> S
         groups=MemoryGroupStore(),
         reads=reads,
         segments=MemorySegmentStore(),
+        hidden=MemoryHiddenStore(),
         steps=MemorySendSteps(sequences, offline, reads, messages, ttl_s=dedup_ttl_s, lease_s=lease_s),
     )

@@ -212,6 +212,7 @@ class MongoMessageStore:
 
     def __init__(self, db: AsyncDatabase) -> None:
         self._c = db.messages
+        self._revs = db.message_revisions
         self._inserts = InsertBatcher(db.messages)
 
     async def save(self, message: pb.Message, body: bytes | None = None) -> None:
@@ -275,6 +276,73 @@ class MongoMessageStore:
     async def max_seqs(self, conversation_ids: list[str]) -> dict[str, int]:
         found = await asyncio.gather(*(self.max_seq(c) for c in conversation_ids))
         return dict(zip(conversation_ids, found))
+
+    async def get(self, conversation_id: str, seq: int) -> pb.Message | None:
+        doc = await self._c.find_one({"_id": message_key(conversation_id, int(seq))}, {"b": 1})
+        return None if doc is None else pb.Message.FromString(bytes(doc["b"]))
+
+    async def revise(self, conversation_id: str, seq: int, change) -> pb.Message | None:
+        """Revisions of one message are serialized by inserts, as Chain steps are: revision
+        k+1 is a document `{_id: f"{key}#{k+1:06d}", b}` in `message_revisions` holding the
+        new bytes, and only one node can insert it; the winner then writes the message
+        document (`{b, r: k+1}`, guarded by r == k). A reviser that finds a revision beyond
+        the document's `r` (its writer is slow or died) writes it forward first. Why not one
+        guarded update_one as the compare-and-set: FerretDB v1 runs updates as read, then
+        replace, and the contract test saw two concurrent revisions both match and one lost.
+        History reads the message document, so it shows the newest revision once written."""
+        key = message_key(conversation_id, int(seq))
+        for _attempt in range(100):
+            doc = await self._c.find_one({"_id": key})
+            if doc is None:
+                return None
+            r = int(doc.get("r", 0))
+            ahead = await self._revs.find_one({"_id": f"{key}#{r + 1:06d}"})
+            if ahead is not None:  # roll a claimed revision forward, then look again
+                await self._c.update_one({"_id": key, "r": r} if r else {"_id": key, "r": {"$exists": False}},
+                                         {"$set": {"b": ahead["b"], "r": r + 1}})
+                continue
+            revised = change(pb.Message.FromString(bytes(doc["b"])))
+            if revised is None:
+                return None
+            body = Binary(revised.SerializeToString())
+            try:
+                await self._revs.insert_one({"_id": f"{key}#{r + 1:06d}", "b": body})
+            except DuplicateKeyError:
+                continue  # another node revised it first: start from its revision
+            await self._c.update_one({"_id": key, "r": r} if r else {"_id": key, "r": {"$exists": False}},
+                                     {"$set": {"b": body, "r": r + 1}})
+            return revised
+        raise RuntimeError(f"message {key}: too many concurrent revisions")
+
+
+class MongoHiddenStore:
+    """`hidden` {_id: f"{len(uid)}:{uid}|{conversation}|{seq:020d}"}: one document per message
+    a user deleted for themselves. Inserts only (a repeat is a duplicate key, swallowed); the
+    lookup for a page is one `_id` $in query."""
+
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._c = db.hidden
+
+    @staticmethod
+    def _id(uid: str, conversation_id: str, seq: int) -> str:
+        return f"{len(uid)}:{uid}|{conversation_id}|{int(seq):020d}"
+
+    async def hide(self, uid: str, conversation_id: str, seqs: Iterable[int]) -> None:
+        docs = [{"_id": self._id(uid, conversation_id, s)} for s in dict.fromkeys(int(s) for s in seqs)]
+        if not docs:
+            return
+        try:
+            await self._c.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+
+    async def hidden(self, uid: str, conversation_id: str, seqs: Iterable[int]) -> set[int]:
+        wanted = {self._id(uid, conversation_id, s): int(s) for s in seqs}
+        if not wanted:
+            return set()
+        docs = await self._c.find({"_id": {"$in": list(wanted)}}, {"_id": 1}).to_list(None)
+        return {wanted[d["_id"]] for d in docs if d["_id"] in wanted}
 
 
 class MongoSeqFloor:

@@ -28,7 +28,7 @@ import uuid
 from typing import Iterable, Protocol
 
 from im_runtime.proto import imstack_pb2 as pb
-from im_runtime.storage.interfaces import Begun, SendState
+from im_runtime.storage.interfaces import Begun, OfflinePage, SendState
 from im_runtime.storage.pools import AutoPipeline, await_all
 
 PREFIX = "im"
@@ -115,99 +115,430 @@ class RedisSessionStore:
         return sum(replies[:-1])
 
 
-# --------------------------------------------------------------------------- offline (S10, S18)
+# --------------------------------------------------------------------------- timeline (S10, S18)
 
-# The offline add as a Lua function, shared by the single add and the send's finish step.
-# q: queue zset, idx: index hash, pend: pending hash, last: last-score string;
-# mid, body, conv, ms: message id, message bytes, conversation id, server time (ms).
-_OFFLINE_ADD_FN = """
-local function offline_add(q, idx, pend, last, mid, body, conv, ms)
-  local score = tonumber(ms) * 1000
-  local l = tonumber(redis.call('GET', last) or '0')
-  if score <= l then score = l + 1 end
-  local s = string.format('%.0f', score)
-  if redis.call('HSETNX', idx, mid, s .. ' ' .. conv) == 0 then  -- queued already: keep one copy
-    return tonumber(redis.call('HGET', pend, conv) or '0')
+# Every timeline script: KEYS = the six keys of RedisOfflineStore._keys (one user, one slot);
+# ARGV[1..3] = now ms, retention ms, max devices; the script's own arguments from ARGV[4].
+# The steps are the memory engine's (memory.MemoryOfflineStore). They are written to keep the
+# number of Redis calls per script low (each one costs a microsecond or more inside Redis, and
+# every delivered message pays one ack): the registry is read in one HGETALL, an in-order ack
+# moves the cursor without writing any mark, entries every device has leave with one HMGET, one
+# HDEL and one ZREM, and an entry about to leave is never flagged first.
+_TIMELINE_HEAD = r"""
+local TL, TLM, TLP, TLL, TLD, TLA = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local NOW, RETENTION, MAXDEV = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function fmt(n) return string.format('%.0f', n) end
+local function count(conv, delta)
+  if redis.call('HINCRBY', TLP, conv, delta) <= 0 then redis.call('HDEL', TLP, conv) end
+end
+local function pending(conv) return tonumber(redis.call('HGET', TLP, conv) or '0') end
+local function conv_of(v) return string.sub(v, 2, string.find(v, '\n', 2, true) - 1) end
+-- Drops the given entries (every device has them).
+local function drop_ids(ids)
+  local values = redis.call('HMGET', TLM, unpack(ids))
+  for i = 1, #ids do
+    local v = values[i]
+    if v and string.byte(v, 1) == 48 then count(conv_of(v), -1) end
   end
-  redis.call('SET', last, s)
-  redis.call('ZADD', q, s, body)
-  return redis.call('HINCRBY', pend, conv, 1)
+  redis.call('HDEL', TLM, unpack(ids))
+  redis.call('ZREM', TL, unpack(ids))
+end
+-- A lone device (the only one registered, no marks anywhere) has acked none of the entries
+-- still kept (the ones it acked went at once), so its acks need no cursor walk: the entries
+-- simply go, as they did before there were devices. Its stored cursor may then lag behind
+-- (it is a floor: everything at or below it is on the device); the general steps below start
+-- from it correctly. Its last-seen time is refreshed once a minute at most.
+local function lone(name)
+  local me = redis.call('HGET', TLD, name)
+  if not me or redis.call('HLEN', TLD) ~= 1 then return false end
+  local sp = string.find(me, ' ', 1, true)
+  if NOW - tonumber(string.sub(me, sp + 1)) > 60000 then
+    redis.call('HSET', TLD, name, string.sub(me, 1, sp) .. fmt(NOW))
+  end
+  return true
+end
+local function forget_marks(name, upto)
+  local prefix = name .. '\n'
+  local n = #prefix
+  for _, f in ipairs(redis.call('HKEYS', TLA)) do
+    if string.sub(f, 1, n) == prefix and (not upto or tonumber(string.sub(f, n + 1)) <= upto) then
+      redis.call('HDEL', TLA, f)
+    end
+  end
+end
+local function expire()
+  local cutoff = (NOW - RETENTION) * 1000
+  if cutoff <= 0 then return end
+  local rows = redis.call('ZRANGEBYSCORE', TL, '-inf', '(' .. fmt(cutoff), 'WITHSCORES', 'LIMIT', 0, 100)
+  if #rows == 0 then return end
+  local devices = redis.call('HKEYS', TLD)
+  for i = 1, #rows, 2 do
+    local v = redis.call('HGET', TLM, rows[i])
+    if v and string.byte(v, 1) == 48 then count(conv_of(v), -1) end
+    redis.call('HDEL', TLM, rows[i])
+    redis.call('ZREM', TL, rows[i])
+    for _, d in ipairs(devices) do redis.call('HDEL', TLA, d .. '\n' .. fmt(tonumber(rows[i + 1]))) end
+  end
 end
 """
 
-# KEYS: queue zset, index hash, pending hash, last-score string
-# ARGV: message_id, message bytes, conversation_id, server_time_ms
-_OFFLINE_ADD = _OFFLINE_ADD_FN + """
-return offline_add(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-"""
-
-# KEYS: queue zset, index hash, pending hash; ARGV: message ids
-_OFFLINE_ACK = """
-local removed = 0
-for i = 1, #ARGV do
-  local entry = redis.call('HGET', KEYS[2], ARGV[i])
-  if entry then
-    local sp = string.find(entry, ' ', 1, true)
-    local score = string.sub(entry, 1, sp - 1)
-    local conv = string.sub(entry, sp + 1)
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], score, score)
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    if redis.call('HINCRBY', KEYS[3], conv, -1) <= 0 then redis.call('HDEL', KEYS[3], conv) end
-    removed = removed + 1
+_TIMELINE_DEVICES = r"""
+local function parse(v)
+  local sp = string.find(v, ' ', 1, true)
+  return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+end
+-- The registry in one read: this device's cursor (0 when new: saved by save()) and the lowest
+-- cursor of the other devices (nil: none). A device unseen for longer than the retention
+-- limit leaves; a new device past MAXDEV evicts the least recently seen.
+local function registry(name)
+  local all = redis.call('HGETALL', TLD)
+  local stale = NOW - RETENTION
+  local mine, others = nil, {}
+  for i = 1, #all, 2 do
+    local c, seen = parse(all[i + 1])
+    if all[i] == name then
+      mine = c
+    elseif seen < stale then
+      redis.call('HDEL', TLD, all[i])
+      forget_marks(all[i], nil)
+    else
+      others[#others + 1] = {all[i], c, seen}
+    end
+  end
+  if not mine then
+    mine = 0
+    while #others >= MAXDEV do
+      local k = 1
+      for j = 2, #others do if others[j][3] < others[k][3] then k = j end end
+      redis.call('HDEL', TLD, others[k][1])
+      forget_marks(others[k][1], nil)
+      table.remove(others, k)
+    end
+  end
+  local floor = nil
+  for _, o in ipairs(others) do if not floor or o[2] < floor then floor = o[2] end end
+  return mine, floor
+end
+local function save(name, cursor) redis.call('HSET', TLD, name, fmt(cursor) .. ' ' .. fmt(NOW)) end
+local function lowest(cursor, others) if others and others < cursor then return others end return cursor end
+-- Entries at or below floor: every device has them. At most 20 batches of 500 per call, so
+-- one call never blocks Redis for long; what is left goes with the next call that moves a cursor.
+local function drop_upto(floor)
+  for _ = 1, 20 do
+    local ids = redis.call('ZRANGEBYSCORE', TL, '-inf', fmt(floor), 'LIMIT', 0, 500)
+    if #ids == 0 then return end
+    local values = redis.call('HMGET', TLM, unpack(ids))
+    for i = 1, #ids do
+      local v = values[i]
+      if v and string.byte(v, 1) == 48 then count(conv_of(v), -1) end
+    end
+    redis.call('HDEL', TLM, unpack(ids))
+    redis.call('ZREM', TL, unpack(ids))
+    if #ids < 500 then return end
   end
 end
-return removed
+-- The device acks ids: its cursor moves over the acked entries right above it and over its
+-- earlier out-of-order marks; acked entries further up become marks. Returns the new cursor,
+-- the {position, id} newly acked (flagged later if they stay).
+local function ack_ids(name, cursor, ids)
+  local byp, ps, top = {}, 0, nil
+  for _, id in ipairs(ids) do
+    local s = redis.call('ZSCORE', TL, id)
+    if s then
+      local p = tonumber(s)
+      if p > cursor and not byp[p] then
+        byp[p] = id
+        ps = ps + 1
+        if not top or p > top then top = p end
+      end
+    end
+  end
+  local marked = redis.call('HLEN', TLA) > 0
+  local newly = {}
+  if ps == 0 and not marked then return cursor, newly end
+  if ps > 0 and not marked and redis.call('ZCOUNT', TL, '(' .. fmt(cursor), fmt(top)) == ps then
+    for p, id in pairs(byp) do newly[#newly + 1] = {p, id} end
+    return top, newly  -- in order: no mark written or read
+  end
+  local prefix = name .. '\n'
+  local batch = ps + 8
+  local walking = true
+  while walking do
+    local rows = redis.call('ZRANGEBYSCORE', TL, '(' .. fmt(cursor), '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+    for i = 1, #rows, 2 do
+      local p = tonumber(rows[i + 1])
+      local id = byp[p]
+      if id then
+        byp[p] = nil
+        if not marked or redis.call('HDEL', TLA, prefix .. fmt(p)) == 0 then newly[#newly + 1] = {p, id} end
+        cursor = p
+      elseif marked and redis.call('HDEL', TLA, prefix .. fmt(p)) == 1 then
+        cursor = p
+      else
+        walking = false
+        break
+      end
+    end
+    if #rows < 2 * batch then break end
+  end
+  for p, id in pairs(byp) do
+    if redis.call('HSETNX', TLA, prefix .. fmt(p), '1') == 1 then newly[#newly + 1] = {p, id} end
+  end
+  return cursor, newly
+end
+-- Entries newly acked that stay (above floor) no longer count as pending (PULL_NOTIFY).
+local function flag(newly, floor)
+  for _, e in ipairs(newly) do
+    if e[1] > floor then
+      local v = redis.call('HGET', TLM, e[2])
+      if v and string.byte(v, 1) == 48 then
+        redis.call('HSET', TLM, e[2], '1' .. string.sub(v, 2))
+        count(conv_of(v), -1)
+      end
+    end
+  end
+end
 """
+
+# ARGV[4..]: message id, message bytes, conversation, server time ms. A receiver's entry.
+_TIMELINE_ADD_BODY = r"""
+expire()
+local id, conv = ARGV[4], ARGV[6]
+if redis.call('ZSCORE', TL, id) then return pending(conv) end
+local pos = tonumber(ARGV[7]) * 1000
+local last = tonumber(redis.call('GET', TLL) or '0')
+if pos <= last then pos = last + 1 end
+local s = fmt(pos)
+redis.call('SET', TLL, s)
+redis.call('ZADD', TL, s, id)
+redis.call('HSET', TLM, id, '0' .. conv .. '\n' .. ARGV[5])
+return redis.call('HINCRBY', TLP, conv, 1)
+"""
+_TIMELINE_ADD = _TIMELINE_HEAD + _TIMELINE_ADD_BODY
+
+# ARGV[4..]: message id, message bytes, conversation, server time ms, holder device.
+# Sender sync: an entry the holder has already. When the holder is the user's only device no
+# other device needs it: no entry at all (the usual case, one Redis call or two).
+_TIMELINE_HOLD = _TIMELINE_HEAD + r"""
+local id, conv, name = ARGV[4], ARGV[6], ARGV[8]
+if lone(name) then return 0 end
+""" + _TIMELINE_DEVICES + r"""
+expire()
+if redis.call('ZSCORE', TL, id) then return pending(conv) end
+local pos = tonumber(ARGV[7]) * 1000
+local last = tonumber(redis.call('GET', TLL) or '0')
+if pos <= last then pos = last + 1 end
+redis.call('SET', TLL, fmt(pos))
+local cursor, others = registry(name)
+if not others then
+  save(name, cursor)  -- the only device (new): nobody else needs the entry
+  return pending(conv)
+end
+local before = lowest(cursor, others)
+redis.call('ZADD', TL, fmt(pos), id)
+redis.call('HSET', TLM, id, '1' .. conv .. '\n' .. ARGV[5])
+redis.call('HSET', TLA, name .. '\n' .. fmt(pos), '1')
+cursor = ack_ids(name, cursor, {})
+save(name, cursor)
+local floor = lowest(cursor, others)
+if floor > before then drop_upto(floor) end
+return pending(conv)
+"""
+
+# ARGV[4..]: device, cursor, limit, resume cursor, acked ids...
+# Returns {next_cursor, device cursor, has_more, entry values...}.
+_TIMELINE_PULL = _TIMELINE_HEAD + _TIMELINE_DEVICES + r"""
+local name = ARGV[4]
+local cursor, others = registry(name)
+local before = lowest(cursor, others)
+local acked = {}
+for i = 8, #ARGV do acked[#acked + 1] = ARGV[i] end
+local newly
+cursor, newly = ack_ids(name, cursor, acked)
+local resume = tonumber(ARGV[7])
+if resume > cursor then
+  local last = tonumber(redis.call('GET', TLL) or '0')
+  if resume > last then resume = last end
+  if resume > cursor then
+    cursor = resume
+    forget_marks(name, cursor)
+    cursor = ack_ids(name, cursor, {})
+  end
+end
+save(name, cursor)
+local floor = lowest(cursor, others)
+if floor > before then drop_upto(floor) end
+flag(newly, floor)
+local start = tonumber(ARGV[5])
+if cursor > start then start = cursor end
+local limit = tonumber(ARGV[6])
+local marked = redis.call('HLEN', TLA) > 0
+local prefix = name .. '\n'
+local ids, next_cursor, more, from = {}, start, 0, start
+while true do
+  local rows = redis.call('ZRANGEBYSCORE', TL, '(' .. fmt(from), '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
+  for i = 1, #rows, 2 do
+    local pos = tonumber(rows[i + 1])
+    from = pos
+    if not marked or redis.call('HEXISTS', TLA, prefix .. fmt(pos)) == 0 then
+      if #ids >= limit then more = 1 break end
+      ids[#ids + 1] = rows[i]
+      next_cursor = pos
+    end
+  end
+  if more == 1 or #rows < 2 * (limit + 1) then break end
+end
+local reply = {next_cursor, cursor, more}
+if #ids > 0 then
+  local values = redis.call('HMGET', TLM, unpack(ids))
+  for i = 1, #ids do reply[#reply + 1] = values[i] end
+end
+return reply
+"""
+
+# ARGV[4..]: device, message ids... Returns how many the device had not acked.
+_TIMELINE_ACK = _TIMELINE_HEAD + r"""
+local name = ARGV[4]
+if lone(name) and redis.call('HLEN', TLA) == 0 then
+  local ids = {}
+  for i = 5, #ARGV do
+    if redis.call('ZSCORE', TL, ARGV[i]) then ids[#ids + 1] = ARGV[i] end
+  end
+  if #ids > 0 then drop_ids(ids) end
+  return #ids
+end
+""" + _TIMELINE_DEVICES + r"""
+local cursor, others = registry(name)
+local before = lowest(cursor, others)
+local acked = {}
+for i = 5, #ARGV do acked[#acked + 1] = ARGV[i] end
+local newly
+cursor, newly = ack_ids(name, cursor, acked)
+save(name, cursor)
+local floor = lowest(cursor, others)
+if floor > before then drop_upto(floor) end
+flag(newly, floor)
+return #newly
+"""
+
+# ARGV[4]: device. Registers it (or marks it seen); returns its cursor.
+_TIMELINE_REGISTER = _TIMELINE_HEAD + _TIMELINE_DEVICES + r"""
+local cursor = registry(ARGV[4])
+save(ARGV[4], cursor)
+return cursor
+"""
+
+# KEYS: the timeline's entries hash; ARGV: message id, "<conversation>\n" prefix, new bytes.
+# Replaces the entry's message, keeping its flag, if it is there and of that conversation.
+_TIMELINE_REVISE = r"""
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or string.sub(v, 2, 1 + #ARGV[2]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.sub(v, 1, 1) .. ARGV[2] .. ARGV[3])
+return 1
+"""
+
+# ARGV[4]: device. Entries it has not acked (all entries for an unknown device); no changes.
+_TIMELINE_BACKLOG = _TIMELINE_HEAD + _TIMELINE_DEVICES + r"""
+local v = redis.call('HGET', TLD, ARGV[4])
+if not v then return redis.call('ZCARD', TL) end
+local cursor = parse(v)
+local prefix = ARGV[4] .. '\n'
+local marks = 0
+for _, f in ipairs(redis.call('HKEYS', TLA)) do
+  if string.sub(f, 1, #prefix) == prefix then marks = marks + 1 end
+end
+return redis.call('ZCOUNT', TL, '(' .. fmt(cursor), '+inf') - marks
+"""
+
+
+def _entry_message(value: bytes) -> pb.Message:
+    """An entry value is b"<flag><conversation>\n<message bytes>"."""
+    return pb.Message.FromString(value[value.index(b"\n") + 1 :])
 
 
 class RedisOfflineStore:
-    """Per receiver, all in slot {t(uid)}: `im:off` zset (score = cursor, member = message
-    bytes), `im:offi` hash message_id -> "score conversation" (de-dup of a message id and ack by
-    id), `im:offp` hash conversation -> pending count, `im:offl` last score handed out (kept
-    after the queue empties, so cursors keep growing)."""
+    """interfaces.OfflineStore, per user all in slot {t(uid)} (docs/storage.md, "Timeline"):
+    `im:tl` zset message id -> position (the timeline), `im:tlm` hash message id -> flag +
+    conversation + message bytes, `im:tlp` hash conversation -> entries no device acked
+    (PULL_NOTIFY), `im:tll` last position handed out (kept when the timeline empties, so
+    positions keep growing), `im:tld` hash device -> "cursor last-seen-ms" (the registry),
+    `im:tla` hash "device\\nposition" -> 1 (acks above a cursor, until it passes them).
+    Every call is one Lua script. Nothing is stored per (message, device): memory per message
+    does not grow with devices."""
 
-    def __init__(self, pipe: AutoPipeline) -> None:
+    def __init__(self, pipe: AutoPipeline, *, retention_s: float = 7 * 24 * 3600, max_devices: int = 16) -> None:
         self._p = pipe
-        self._add = pipe.client.register_script(_OFFLINE_ADD)
-        self._ack = pipe.client.register_script(_OFFLINE_ACK)
+        self._retention_ms = int(retention_s * 1000)
+        self._max_devices = int(max_devices)
+        self._add = pipe.client.register_script(_TIMELINE_ADD)
+        self._hold = pipe.client.register_script(_TIMELINE_HOLD)
+        self._pull = pipe.client.register_script(_TIMELINE_PULL)
+        self._ack = pipe.client.register_script(_TIMELINE_ACK)
+        self._backlog = pipe.client.register_script(_TIMELINE_BACKLOG)
+        self._revise = pipe.client.register_script(_TIMELINE_REVISE)
+        self._register = pipe.client.register_script(_TIMELINE_REGISTER)
 
     @staticmethod
     @functools.lru_cache(maxsize=1 << 14)
-    def _keys(uid: str) -> tuple[str, str, str, str]:
-        return _key("off", uid), _key("offi", uid), _key("offp", uid), _key("offl", uid)
+    def _keys(uid: str) -> tuple[str, str, str, str, str, str]:
+        return tuple(_key(kind, uid) for kind in ("tl", "tlm", "tlp", "tll", "tld", "tla"))  # type: ignore[return-value]
 
-    async def add(self, uid: str, message: pb.Message) -> int:
-        server_ms = max(0, message.server_time)  # no time given: the per-user +1 keeps the order
-        return int(
-            await self._p.script(
-                self._add, self._keys(uid), [message.message_id, message.SerializeToString(), message.conversation_id, server_ms]
-            )
+    def common_args(self) -> list:
+        """ARGV[1..3] of every timeline script: now ms, retention ms, max devices."""
+        return [int(time.time() * 1000), self._retention_ms, self._max_devices]
+
+    def add_args(self, message: pb.Message) -> list:
+        """ARGV of the add script (the send path's enqueue script shares it)."""
+        return [
+            *self.common_args(), message.message_id, message.SerializeToString(), message.conversation_id,
+            max(0, message.server_time),  # no time given: the per-user +1 keeps the order
+        ]
+
+    async def add(self, uid: str, message: pb.Message, *, holder: str | None = None) -> int:
+        if holder is None:
+            return int(await self._p.script(self._add, self._keys(uid), self.add_args(message)))
+        return int(await self._p.script(self._hold, self._keys(uid), [*self.add_args(message), holder]))
+
+    async def pull(
+        self, uid: str, cursor: int, limit: int, *, device: str = "", resume_cursor: int = 0, acked_ids: Iterable[int] = ()
+    ) -> OfflinePage:
+        ids = [int(m) for m in dict.fromkeys(acked_ids)]
+        reply = await self._p.script(
+            self._pull, self._keys(uid),
+            [*self.common_args(), device, max(0, int(cursor)), max(0, int(limit)), max(0, int(resume_cursor)), *ids],
         )
+        next_cursor, device_cursor, more = (int(v) for v in reply[:3])
+        return OfflinePage([_entry_message(v) for v in reply[3:]], bool(more), next_cursor, device_cursor)
 
-    async def pull(self, uid: str, cursor: int, limit: int) -> tuple[list[pb.Message], bool, int]:
-        if limit <= 0:
-            return [], await self._p.call("ZCOUNT", _key("off", uid), f"({int(cursor)}", "+inf") > 0, cursor
-        flat = await self._p.call(
-            "ZRANGE", _key("off", uid), f"({int(cursor)}", "+inf", "BYSCORE", "LIMIT", 0, limit + 1, "WITHSCORES"
-        )
-        if flat and isinstance(flat[0], (list, tuple)):  # redis-py already paired them
-            rows = [(m, sc) for m, sc in flat]
-        else:
-            rows = list(zip(flat[0::2], flat[1::2]))  # (member, score) pairs
-        has_more = len(rows) > limit
-        rows = rows[:limit]
-        messages = [pb.Message.FromString(raw) for raw, _ in rows]
-        next_cursor = int(float(rows[-1][1])) if rows else cursor
-        return messages, has_more, next_cursor
-
-    async def ack(self, uid: str, message_ids: Iterable[int]) -> int:
+    async def ack(self, uid: str, message_ids: Iterable[int], *, device: str = "") -> int:
         ids = [int(m) for m in dict.fromkeys(message_ids)]
         if not ids:
             return 0
-        return int(await self._p.batch(self._ack, self._keys(uid)[:3], ids))
+        return int(await self._p.batch(self._ack, self._keys(uid), [*self.common_args(), device, *ids]))
 
-    async def backlog(self, uid: str) -> int:
-        return int(await self._p.call("HLEN", _key("offi", uid)))
+    async def revise(self, uid: str, message: pb.Message) -> bool:
+        """Same message id and conversation; the seq is checked after (an id is unique per
+        sender, so a clash within one conversation would need a client reusing its ids)."""
+        current = await self._p.call("HGET", _key("tlm", uid), message.message_id)
+        if current is None or _entry_message(current).seq != message.seq:
+            return False
+        return bool(await self._p.script(
+            self._revise, [_key("tlm", uid)],
+            [message.message_id, message.conversation_id + "\n", message.SerializeToString()],
+        ))
+
+    async def backlog(self, uid: str, *, device: str | None = None) -> int:
+        if device is None:
+            return int(await self._p.call("ZCARD", _key("tl", uid)))
+        return int(await self._p.script(self._backlog, self._keys(uid), [*self.common_args(), device]))
+
+    async def register(self, uid: str, device: str) -> int:
+        return int(await self._p.script(self._register, self._keys(uid), [*self.common_args(), device]))
+
+    async def devices(self, uid: str) -> dict[str, int]:
+        raw = await self._p.call("HGETALL", _key("tld", uid))
+        pairs = raw.items() if isinstance(raw, dict) else zip(raw[0::2], raw[1::2])
+        return {_s(d): int(_s(v).split(" ", 1)[0]) for d, v in pairs}
 
 
 # --------------------------------------------------------------------------- sequences (S11, S12)
@@ -542,27 +873,30 @@ redis.call('HDEL', KEYS[2], ARGV[3])
 """
 
 # One Redis (not a Cluster): the whole finish in one script (begin already set the sender's
-# read list). KEYS: claim, journal, then per recipient its four offline keys and its read list.
-# ARGV: done value, ttl ms, seq, conversation, message id, message bytes, time ms.
+# read list). KEYS: claim, journal, then per recipient its six timeline keys and its read list.
+# ARGV: the timeline's three (now, retention, max devices), message id, message bytes,
+# conversation, time ms (the timeline add's), then done value, ttl ms, seq.
 # Queues first and completes last: Redis does not roll a failed script back, so a write refused
 # half-way (noeviction at maxmemory) must not leave a completed claim without the queue entries.
-_SEND_FINISH = _OFFLINE_ADD_FN + """
+# The timeline steps read their keys from TL..TLA, which each recipient's turn points at its own.
+_SEND_FINISH = _TIMELINE_HEAD + "local function timeline_add()\n" + _TIMELINE_ADD_BODY + """end
 local out = {}
-for i = 0, (#KEYS - 2) / 5 - 1 do
-  local k = 2 + i * 5
-  redis.call('HSETNX', KEYS[k + 5], ARGV[4], 0)
-  out[i + 1] = offline_add(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], ARGV[5], ARGV[6], ARGV[4], ARGV[7])
+for i = 0, (#KEYS - 2) / 7 - 1 do
+  local k = 2 + i * 7
+  TL, TLM, TLP, TLL, TLD, TLA = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
+  redis.call('HSETNX', KEYS[k + 7], ARGV[6], 0)
+  out[i + 1] = timeline_add()
 end
-""" + _COMPLETE_LUA + """
+redis.call('SET', KEYS[1], ARGV[8], 'PX', ARGV[9])
+redis.call('HDEL', KEYS[2], ARGV[10])
 return out
 """
 
-# Redis Cluster, per recipient (its slot): joins it to the conversation and queues the message.
-# KEYS: the four offline keys, the recipient's read list; ARGV: as _OFFLINE_ADD.
-_SEND_ENQUEUE = _OFFLINE_ADD_FN + """
-redis.call('HSETNX', KEYS[5], ARGV[3], 0)
-return offline_add(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-"""
+# Redis Cluster, per recipient (its slot): joins it to the conversation and adds the message
+# to its timeline. KEYS: the six timeline keys, the recipient's read list; ARGV: as the add.
+_SEND_ENQUEUE = _TIMELINE_HEAD + """
+redis.call('HSETNX', KEYS[7], ARGV[6], 0)
+""" + _TIMELINE_ADD_BODY
 
 # Redis Cluster, the conversation's slot, after the queues: KEYS claim, journal.
 _SEND_COMPLETE = _COMPLETE_LUA + "return 1"
@@ -629,10 +963,11 @@ class RedisSendSteps:
     block, a counter lost with Redis) goes through RedisSequenceStore.next_seq and attaches
     the seq to the claim with one more script."""
 
-    def __init__(self, pipe: AutoPipeline, sequences: RedisSequenceStore, messages, *, single_node: bool,
-                 ttl_s: float = 24 * 3600, lease_s: float = 10.0) -> None:
+    def __init__(self, pipe: AutoPipeline, sequences: RedisSequenceStore, messages, offline: RedisOfflineStore, *,
+                 single_node: bool, ttl_s: float = 24 * 3600, lease_s: float = 10.0) -> None:
         self._p = pipe
         self._sequences = sequences
+        self._offline = offline  # its retention and device limit go with every timeline add
         self._messages = messages  # MessageStore: settle stores the gap markers there
         self._single = single_node
         self._ttl_ms = max(1, int(ttl_s * 1000))
@@ -692,9 +1027,9 @@ class RedisSendSteps:
             for uid in recipients:
                 keys += RedisOfflineStore._keys(uid)
                 keys.append(_key("rdu", uid))
-            args = [done, self._ttl_ms, message.seq, conv, message.message_id, body, server_ms]
+            args = [*self._offline.common_args(), message.message_id, body, conv, server_ms, done, self._ttl_ms, message.seq]
             return [int(r) for r in await self._p.batch(self._finish, keys, args)]
-        args = [message.message_id, body, conv, server_ms]
+        args = [*self._offline.common_args(), message.message_id, body, conv, server_ms]
         replies = await await_all(
             *(self._p.script(self._enqueue, [*RedisOfflineStore._keys(uid), _key("rdu", uid)], args) for uid in recipients)
         )

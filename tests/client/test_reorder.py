@@ -66,8 +66,19 @@ def test_own_sends_fill_their_slots_even_before_anything_arrived():
 def test_own_messages_found_in_history_are_never_delivered():
     t = Timeline("b")
     t.offer(msg(1), 0)
+    t.expect_own(2002)  # our send starts
     t.offer(msg(3), 0)  # gap at 2, which is our own message whose ack is slow
-    assert seqs(t.offer(msg(2, sender="b", to="a"), 1.0)) == [3]
+    assert seqs(t.offer(msg(2, mid=2002, sender="b", to="a"), 1.0)) == [3]
+
+
+def test_own_messages_sent_from_another_device_are_delivered_in_order():
+    """Sender sync (S18): what the user sent from its phone reaches its laptop, marked by
+    `from` being the user's own uid."""
+    t = Timeline("b")
+    t.offer(msg(1), 0)
+    assert t.offer(msg(3, sender="b", to="a"), 0) == []
+    got = t.offer(msg(2), 0)
+    assert seqs(got) == [2, 3] and getattr(got[1], "from") == "b"
 
 
 def test_chat_with_oneself_is_delivered():

@@ -77,6 +77,7 @@ class Topology:
     grpc_port: int = 0
     http_port: int = 0
     redis: RedisServer | None = None  # a Redis of this test's own (restart_redis); else the session's
+    extra_env: dict[str, str] = field(default_factory=dict)  # settings of one test (webhook URL, ...)
 
     @property
     def redis_url(self) -> str:
@@ -118,7 +119,7 @@ class Topology:
             IMSTACK_ZK_SESSION_TIMEOUT="4",
             IMSTACK_DEDUP_PENDING_TTL="3",
             PYTHONPATH=str(ROOT),
-        )
+        ) | self.extra_env
 
     def _spawn(self, role: str, name: str, args: list[str], ports: dict[str, int]) -> Proc:
         log_path = self.base / f"{name}.log"

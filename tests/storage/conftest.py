@@ -11,8 +11,8 @@ from typing import Awaitable, Callable
 import pytest
 
 from im_runtime.storage.cluster import cluster_stores
-from im_runtime.storage.interfaces import Stores
-from im_runtime.storage.memory import MemorySendSteps, memory_stores
+from im_runtime.storage.interfaces import OfflineStore, Stores
+from im_runtime.storage.memory import MemoryOfflineStore, MemorySendSteps, memory_stores
 from tests.servers.ferretdb import FerretDB, start_ferretdb
 from tests.servers.redis import RedisCluster, RedisServer, start_redis, start_redis_cluster
 
@@ -49,6 +49,8 @@ class Engine:
     another: Callable[..., Awaitable[Stores]]
     lose_fast_state: Callable[[], Awaitable[None]]  # Redis losing everything (FLUSHALL)
     opened: list[Stores] = field(default_factory=list)
+    # an offline store on the same data with other timeline settings (retention_s, max_devices)
+    timeline: Callable[..., Awaitable[OfflineStore]] | None = None
 
 
 def new_id(prefix: str) -> str:
@@ -80,7 +82,10 @@ async def engine(request) -> Engine:
         async def lose_fast_state() -> None:
             return None  # nothing volatile beyond the process itself
 
-        yield Engine("memory", stores, another, lose_fast_state)
+        async def timeline(**options) -> OfflineStore:
+            return MemoryOfflineStore(**options)
+
+        yield Engine("memory", stores, another, lose_fast_state, timeline=timeline)
         return
 
     servers: ClusterServers = request.getfixturevalue("cluster_servers")
@@ -100,6 +105,13 @@ async def engine(request) -> Engine:
 
     stores = await another()
 
+    async def timeline(*, retention_s: float = 7 * 24 * 3600, max_devices: int = 16) -> OfflineStore:
+        s = await cluster_stores(
+            redis_urls[0], servers.mongo.url, MONGO_DB, timeline_retention_s=retention_s, max_devices=max_devices
+        )
+        opened.append(s)
+        return s.offline
+
     async def lose_fast_state() -> None:
         import redis.asyncio as aioredis
 
@@ -110,6 +122,6 @@ async def engine(request) -> Engine:
             finally:
                 await client.aclose()
 
-    yield Engine(request.param, stores, another, lose_fast_state, opened)
+    yield Engine(request.param, stores, another, lose_fast_state, opened, timeline)
     for s in opened:
         await s.close()

@@ -19,7 +19,16 @@ from tests.storage.conftest import Engine, new_id
 pytestmark = pytest.mark.timeout(120)
 
 
-def msg(conv: str, message_id: int, *, seq: int = 0, server_time: int = 1_700_000_000_000, body: bytes = b"") -> pb.Message:
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# Timeline positions follow the message time, and entries older than the retention limit
+# (7 days by default) are dropped: test messages are stamped with the time of the run.
+NOW = now_ms()
+
+
+def msg(conv: str, message_id: int, *, seq: int = 0, server_time: int = NOW, body: bytes = b"") -> pb.Message:
     return pb.Message(
         message_id=message_id, conversation_id=conv, seq=seq, server_time=server_time,
         content=body or f"m{message_id}".encode(), content_type=1, to="x",
@@ -61,7 +70,7 @@ async def test_sessions_drop_node_removes_only_that_node(engine: Engine) -> None
     assert alive in nodes and dead not in nodes
 
 
-# ------------------------------------------------------------------ offline (S10, S18)
+# ------------------------------------------------------------------ timeline (S10, S18)
 
 
 async def test_offline_add_counts_pending_per_conversation_and_dedups(engine: Engine) -> None:
@@ -72,9 +81,9 @@ async def test_offline_add_counts_pending_per_conversation_and_dedups(engine: En
     assert await off.add(uid, msg(c2, 3)) == 1
     assert await off.add(uid, msg(c1, 2)) == 2  # same message id again: one copy kept
     assert await off.backlog(uid) == 3
-    messages, has_more, _ = await off.pull(uid, 0, 10)
-    assert [m.message_id for m in messages] == [1, 2, 3] and has_more is False
-    assert messages[0] == msg(c1, 1)  # stored whole
+    page = await off.pull(uid, 0, 10)
+    assert [m.message_id for m in page.messages] == [1, 2, 3] and page.has_more is False
+    assert page.messages[0] == msg(c1, 1)  # stored whole
 
 
 async def test_offline_pull_pages_in_timeline_order(engine: Engine) -> None:
@@ -83,25 +92,27 @@ async def test_offline_pull_pages_in_timeline_order(engine: Engine) -> None:
     convs = [new_id("c") for _ in range(3)]
     # S18: one timeline across conversations; equal and even decreasing server times (another
     # node's clock) keep the insertion order.
-    times = [1000, 1000, 1000, 999, 2000, 1500, 3000]
+    times = [NOW, NOW, NOW, NOW - 1, NOW + 1000, NOW + 500, NOW + 2000]
     for i, t in enumerate(times):
         await off.add(uid, msg(convs[i % 3], 10 + i, server_time=t))
     got, cursor, pages = [], 0, 0
     while True:
-        page, has_more, next_cursor = await off.pull(uid, cursor, 3)
+        page = await off.pull(uid, cursor, 3)
         pages += 1
-        assert len(page) <= 3
-        got += [m.message_id for m in page]
-        if page:
-            assert next_cursor != cursor
-        cursor = next_cursor
-        if not has_more:
+        assert len(page.messages) <= 3
+        got += [m.message_id for m in page.messages]
+        if page.messages:
+            assert page.next_cursor != cursor
+        cursor = page.next_cursor
+        if not page.has_more:
             break
         assert pages < 10
     assert got == [10 + i for i in range(len(times))]
     assert pages == 3
-    assert await off.pull(uid, cursor, 3) == ([], False, cursor)  # nothing after the end
-    assert (await off.pull(uid, 0, 0))[1] is True  # limit 0: nothing returned, more waiting
+    end = await off.pull(uid, cursor, 3)
+    assert (end.messages, end.has_more, end.next_cursor) == ([], False, cursor)  # nothing after the end
+    assert (await off.pull(uid, 0, 0)).has_more is True  # limit 0: nothing returned, more waiting
+    assert (await off.pull(uid, 0, 10)).device_cursor == 0  # pulling is not acking (v1)
 
 
 async def test_offline_ack_removes_and_decrements(engine: Engine) -> None:
@@ -110,27 +121,188 @@ async def test_offline_ack_removes_and_decrements(engine: Engine) -> None:
     for i in range(1, 6):
         await off.add(uid, msg(c1 if i <= 3 else c2, i))
     assert await off.ack(uid, [1, 2, 99, 1]) == 2  # unknown and repeated ids are not counted
-    assert await off.backlog(uid) == 3
-    assert [m.message_id for m in (await off.pull(uid, 0, 10))[0]] == [3, 4, 5]
+    assert await off.backlog(uid) == 3  # the only device is past 1 and 2: they are gone
+    assert [m.message_id for m in (await off.pull(uid, 0, 10)).messages] == [3, 4, 5]
     assert await off.add(uid, msg(c1, 6)) == 2  # c1 pending was 3, minus 2 acked, plus 1
     assert await off.add(uid, msg(c2, 7)) == 3
     assert await off.ack(uid, [3, 4, 5, 6, 7]) == 5
     assert await off.backlog(uid) == 0
-    assert await off.pull(uid, 0, 10) == ([], False, 0)
+    assert (await off.pull(uid, 0, 10)).messages == []
     assert await off.ack(uid, [1]) == 0
     assert await off.add(uid, msg(c1, 1)) == 1  # acked id may come back as a new message
     assert await off.ack(new_id("u"), [1]) == 0
 
 
+async def test_timeline_each_device_reads_by_its_own_cursor_and_entries_go_when_all_are_past(engine: Engine) -> None:
+    """The issue's scenario: the phone acks three messages; the laptop, offline meanwhile,
+    still pulls all three; only then do they leave the timeline."""
+    off = engine.stores.offline
+    uid, conv = new_id("bob"), new_id("c")
+    assert (await off.pull(uid, 0, 10, device="phone")).messages == []  # both devices known
+    assert (await off.pull(uid, 0, 10, device="laptop")).messages == []
+    for i in (1, 2, 3):
+        await off.add(uid, msg(conv, i))
+    assert await off.ack(uid, [1, 2, 3], device="phone") == 3
+    assert await off.backlog(uid) == 3
+    assert await off.backlog(uid, device="phone") == 0
+    assert await off.backlog(uid, device="laptop") == 3
+    assert (await off.pull(uid, 0, 10, device="phone")).messages == []
+    laptop = await off.pull(uid, 0, 10, device="laptop")
+    assert [m.message_id for m in laptop.messages] == [1, 2, 3]
+    assert await off.ack(uid, [1, 2], device="laptop") == 2
+    assert await off.backlog(uid) == 1  # 1 and 2 are past every device
+    assert await off.ack(uid, [3], device="laptop") == 1
+    assert await off.backlog(uid) == 0
+    devices = await off.devices(uid)
+    assert set(devices) == {"phone", "laptop"} and devices["phone"] == devices["laptop"] > 0
+
+
+async def test_timeline_out_of_order_acks_are_kept_until_the_cursor_passes(engine: Engine) -> None:
+    off = engine.stores.offline
+    uid, conv = new_id("u"), new_id("c")
+    await off.pull(uid, 0, 1, device="a")
+    await off.pull(uid, 0, 1, device="b")
+    for i in range(1, 7):
+        await off.add(uid, msg(conv, i))
+    assert await off.ack(uid, [2, 4, 5], device="a") == 3  # 1 and 3 missing (a lost push)
+    assert await off.ack(uid, [4], device="a") == 0
+    page = await off.pull(uid, 0, 10, device="a")
+    assert [m.message_id for m in page.messages] == [1, 3, 6]  # what a has not acked
+    cursor_before = page.device_cursor
+    await off.ack(uid, [1], device="a")
+    assert (await off.pull(uid, 0, 10, device="a")).device_cursor > cursor_before  # past 1 and 2
+    await off.ack(uid, [3, 6], device="a")
+    assert await off.backlog(uid, device="a") == 0
+    assert [m.message_id for m in (await off.pull(uid, 0, 10, device="b")).messages] == [1, 2, 3, 4, 5, 6]
+    # paging skips what a device acked: limit 1 pages of b after it acked 2 and 3
+    await off.ack(uid, [2, 3], device="b")
+    first = await off.pull(uid, 0, 1, device="b")
+    second = await off.pull(uid, first.next_cursor, 1, device="b")
+    assert [m.message_id for m in first.messages + second.messages] == [1, 4] and second.has_more
+
+
+async def test_timeline_pending_counts_what_no_device_has_acked(engine: Engine) -> None:
+    """PULL_NOTIFY stays for users all of whose devices are behind: a device that keeps up
+    keeps the pushes coming while another one is offline."""
+    off = engine.stores.offline
+    uid, conv = new_id("u"), new_id("c")
+    await off.pull(uid, 0, 1, device="phone")
+    await off.pull(uid, 0, 1, device="laptop")
+    for i in range(1, 9):
+        assert await off.add(uid, msg(conv, i)) == 1  # phone acks each
+        await off.ack(uid, [i], device="phone")
+    assert await off.backlog(uid) == 8  # all kept for the laptop
+    assert await off.add(uid, msg(conv, 9)) == 1
+    assert await off.add(uid, msg(conv, 10)) == 2
+
+
+async def test_timeline_holder_has_its_own_message(engine: Engine) -> None:
+    """Sender sync: the sending device has the message; the sender's other devices get it."""
+    off = engine.stores.offline
+    alice, conv = new_id("alice"), new_id("c")
+    await off.pull(alice, 0, 1, device="phone")
+    await off.add(alice, msg(conv, 1), holder="phone")  # only the phone: nothing to keep
+    assert await off.backlog(alice) == 0
+    await off.pull(alice, 0, 1, device="laptop")
+    await off.add(alice, msg(conv, 2), holder="phone")
+    await off.add(alice, msg(conv, 3))
+    assert await off.backlog(alice, device="phone") == 1 and await off.backlog(alice, device="laptop") == 2
+    assert [m.message_id for m in (await off.pull(alice, 0, 10, device="phone")).messages] == [3]
+    assert [m.message_id for m in (await off.pull(alice, 0, 10, device="laptop")).messages] == [2, 3]
+    assert await off.add(alice, msg(conv, 4), holder="laptop") == 1  # a held message is not pending
+    await off.ack(alice, [2, 3], device="laptop")
+    await off.ack(alice, [3, 4], device="phone")
+    assert await off.backlog(alice) == 0
+
+
+async def test_timeline_resume_position_and_acks_in_the_pull(engine: Engine) -> None:
+    """issue 11: a device that reconnects moves its own cursor (acks lost with a dead access
+    node are not re-delivered); never backwards, never past the last position."""
+    off = engine.stores.offline
+    uid, conv = new_id("u"), new_id("c")
+    await off.pull(uid, 0, 1, device="d")
+    await off.pull(uid, 0, 1, device="other")
+    for i in range(1, 11):
+        await off.add(uid, msg(conv, i))
+    page = await off.pull(uid, 0, 4, device="d")
+    assert [m.message_id for m in page.messages] == [1, 2, 3, 4]
+    # the acks of that page were lost; the device resumes from where it was
+    resumed = await off.pull(uid, 0, 10, device="d", resume_cursor=page.next_cursor, acked_ids=[6, 7])
+    assert [m.message_id for m in resumed.messages] == [5, 8, 9, 10]
+    assert resumed.device_cursor == page.next_cursor
+    again = await off.pull(uid, 0, 10, device="d", resume_cursor=1)  # an older position: ignored
+    assert again.device_cursor == page.next_cursor
+    beyond = await off.pull(uid, 0, 10, device="d", resume_cursor=resumed.next_cursor + 10**12)
+    assert beyond.messages == [] and beyond.device_cursor == resumed.next_cursor  # clamped to the end
+    await off.add(uid, msg(conv, 11))
+    assert [m.message_id for m in (await off.pull(uid, 0, 10, device="d")).messages] == [11]
+    assert len((await off.pull(uid, 0, 20, device="other")).messages) == 11
+
+
+async def test_timeline_retention_drops_old_entries_and_unseen_devices(engine: Engine) -> None:
+    off = await engine.timeline(retention_s=1.0)
+    uid, conv = new_id("u"), new_id("c")
+    await off.pull(uid, 0, 1, device="gone")  # registered, then never seen again
+    await off.pull(uid, 0, 1, device="here")
+    await off.add(uid, msg(conv, 1, server_time=now_ms()))
+    await asyncio.sleep(1.3)
+    await off.add(uid, msg(conv, 2, server_time=now_ms()))  # the first is past the limit now
+    assert [m.message_id for m in (await off.pull(uid, 0, 10, device="here")).messages] == [2]
+    assert set(await off.devices(uid)) == {"here"}  # "gone" was unseen for longer than the limit
+    await off.ack(uid, [2], device="here")
+    assert await off.backlog(uid) == 0  # only "here" counted
+    assert await off.add(uid, msg(conv, 3, server_time=now_ms())) == 1
+
+
+async def test_timeline_at_most_max_devices_the_least_recently_seen_goes(engine: Engine) -> None:
+    off = await engine.timeline(max_devices=3)
+    uid, conv = new_id("u"), new_id("c")
+    for d in ("d1", "d2", "d3"):
+        await off.pull(uid, 0, 1, device=d)
+        await asyncio.sleep(0.01)
+    await off.add(uid, msg(conv, 1, server_time=now_ms()))
+    await off.ack(uid, [1], device="d1")  # d1 is now the most recently seen
+    await asyncio.sleep(0.01)
+    await off.pull(uid, 0, 1, device="d4")
+    assert set(await off.devices(uid)) == {"d1", "d3", "d4"}
+
+
+async def test_timeline_a_device_that_signed_in_keeps_its_messages(engine: Engine) -> None:
+    off = engine.stores.offline
+    uid, conv = new_id("u"), new_id("c")
+    assert await off.register(uid, "phone") == 0
+    assert await off.register(uid, "laptop") == 0  # signed in once, never pulled
+    await off.add(uid, msg(conv, 1))
+    await off.ack(uid, [1], device="phone")
+    assert await off.backlog(uid) == 1
+    assert await off.register(uid, "phone") > 0  # a sign-in again: its cursor, unchanged
+    assert [m.message_id for m in (await off.pull(uid, 0, 5, device="laptop")).messages] == [1]
+
+
+async def test_timeline_entries_are_revised_in_place(engine: Engine) -> None:
+    """A recall or edit replaces the copies still waiting, so a device that pulls later does
+    not get the recalled content."""
+    off = engine.stores.offline
+    uid, conv = new_id("u"), new_id("c")
+    await off.add(uid, msg(conv, 1, seq=1, body=b"secret"))
+    recalled = msg(conv, 1, seq=1, body=b"-")
+    recalled.content, recalled.status = b"", pb.RECALLED
+    assert await off.revise(uid, recalled) is True
+    assert (await off.pull(uid, 0, 5)).messages == [recalled]
+    assert await off.revise(uid, msg(conv, 9, seq=9)) is False  # not there
+    assert await off.revise(uid, msg(new_id("c"), 1, seq=1)) is False  # another conversation's id
+    assert await off.add(uid, msg(conv, 2)) == 2  # still pending: revising is not acking
+
+
 async def test_offline_cursor_keeps_growing_after_the_queue_empties(engine: Engine) -> None:
     off = engine.stores.offline
     uid, conv = new_id("u"), new_id("c")
-    await off.add(uid, msg(conv, 1, server_time=5000))
-    page, _, cursor = await off.pull(uid, 0, 10)
+    await off.add(uid, msg(conv, 1, server_time=NOW + 5000))
+    cursor = (await off.pull(uid, 0, 10)).next_cursor
     assert await off.ack(uid, [1]) == 1
-    await off.add(uid, msg(conv, 2, server_time=10))  # an older clock on another node
-    page, has_more, _ = await off.pull(uid, cursor, 10)  # a client resuming from its cursor
-    assert [m.message_id for m in page] == [2] and has_more is False
+    await off.add(uid, msg(conv, 2, server_time=NOW))  # an older clock on another node
+    page = await off.pull(uid, cursor, 10)  # a client resuming from its cursor
+    assert [m.message_id for m in page.messages] == [2] and page.has_more is False
 
 
 async def test_offline_concurrent_adds_are_exact(engine: Engine) -> None:
@@ -142,8 +314,78 @@ async def test_offline_concurrent_adds_are_exact(engine: Engine) -> None:
     )
     assert max(results) == 200
     assert await engine.stores.offline.backlog(uid) == 200
-    page, has_more, _ = await engine.stores.offline.pull(uid, 0, 500)
-    assert sorted(m.message_id for m in page) == ids and has_more is False
+    page = await engine.stores.offline.pull(uid, 0, 500)
+    assert sorted(m.message_id for m in page.messages) == ids and page.has_more is False
+
+
+async def test_timeline_concurrent_acks_from_devices_on_two_nodes_are_exact(engine: Engine) -> None:
+    other = await engine.another()
+    uid, conv = new_id("u"), new_id("c")
+    devices = ["p", "l", "t"]
+    for d in devices:
+        await engine.stores.offline.pull(uid, 0, 1, device=d)
+    ids = list(range(1, 121))
+    for i in ids:
+        await engine.stores.offline.add(uid, msg(conv, i))
+    order = [(d, i) for d in devices for i in ids]
+    random.Random(3).shuffle(order)
+    results = await asyncio.gather(
+        *((engine.stores if k % 2 else other).offline.ack(uid, [i], device=d) for k, (d, i) in enumerate(order))
+    )
+    assert sum(results) == 360
+    assert await engine.stores.offline.backlog(uid) == 0
+    cursors = await engine.stores.offline.devices(uid)
+    assert len(set(cursors.values())) == 1
+
+
+# ------------------------------------------------------------------ messages: recall, edit, delete for me
+
+
+async def test_messages_get_and_revise(engine: Engine) -> None:
+    m = engine.stores.messages
+    conv = new_id("c")
+    await m.save(msg(conv, 1, seq=1, body=b"first"))
+    assert (await m.get(conv, 1)).content == b"first"
+    assert await m.get(conv, 2) is None
+
+    def edit(text: bytes):
+        def change(stored: pb.Message):
+            if stored.status == pb.RECALLED:
+                return None
+            out = pb.Message()
+            out.CopyFrom(stored)
+            out.content, out.status = text, pb.EDITED
+            return out
+        return change
+
+    assert (await m.revise(conv, 1, edit(b"second"))).content == b"second"
+    assert (await m.get(conv, 1)).status == pb.EDITED
+    assert await m.revise(conv, 9, edit(b"x")) is None
+    # concurrent revisions from two nodes: every one lands, none is lost (compare-and-set)
+    other = await engine.another()
+    await m.save(msg(conv, 2, seq=2, body=b"0"))
+
+    def append(stored: pb.Message):
+        out = pb.Message()
+        out.CopyFrom(stored)
+        out.content = stored.content + b"x"
+        return out
+
+    await asyncio.gather(*((m if i % 2 else other.messages).revise(conv, 2, append) for i in range(20)))
+    assert (await m.get(conv, 2)).content == b"0" + b"x" * 20
+    page, _ = await m.range(conv, limit=5)
+    assert [x.content for x in page] == [b"second", b"0" + b"x" * 20]
+
+
+async def test_hidden_messages_per_user(engine: Engine) -> None:
+    h = engine.stores.hidden
+    alice, bob, conv = new_id("alice"), new_id("bob"), new_id("c")
+    await h.hide(alice, conv, [3, 5])
+    await h.hide(alice, conv, [5])
+    assert await h.hidden(alice, conv, [1, 3, 5, 7]) == {3, 5}
+    assert await h.hidden(bob, conv, [3, 5]) == set()
+    assert await h.hidden(alice, new_id("c"), [3]) == set()
+    assert await h.hidden(alice, conv, []) == set()
 
 
 # ------------------------------------------------------------------ sequences (S11, S12)
@@ -518,15 +760,47 @@ async def test_redis_keys_of_one_user_share_a_slot_and_users_spread(cluster_serv
     try:
         users = [new_id("u") for _ in range(40)]
         for uid in users:
-            await stores.offline.add(uid, msg("c", 1))
+            await stores.offline.pull(uid, 0, 1, device="laptop")
+            for i in (1, 2, 3):
+                await stores.offline.add(uid, msg("c", i))
         slots = set()
         for uid in users:
-            keys = [k async for k in client.scan_iter(match=f"im:off*:{uid}")]
-            assert len(keys) == 4, keys  # queue, index, pending counts, last score
+            await stores.offline.ack(uid, [2], device="phone")  # the device registry and marks too
+            keys = [k async for k in client.scan_iter(match=f"im:tl*:{uid}")]
+            assert len(keys) == 6, keys  # timeline, messages, pending, last position, devices, marks
+            assert {k.split(b":")[1] for k in keys} == {b"tl", b"tlm", b"tlp", b"tll", b"tld", b"tla"}
             user_slots = {key_slot(k) for k in keys}
             assert len(user_slots) == 1, f"keys of {uid} span slots {user_slots}"
             slots |= user_slots
         assert len(slots) > 30  # S10: receivers spread over the cluster's slots
+    finally:
+        await client.aclose()
+        await stores.close()
+
+
+async def test_redis_memory_per_offline_message_does_not_grow_with_devices(cluster_servers) -> None:
+    """Issue 12: one timeline, a cursor per device, not a copy per device."""
+    import redis.asyncio as aioredis
+
+    from im_runtime.storage.cluster import cluster_stores
+    from im_runtime.storage.redis_store import RedisOfflineStore
+
+    stores = await cluster_stores(cluster_servers.redis.url, cluster_servers.mongo.url, "imstack_contract")
+    client = aioredis.Redis.from_url(cluster_servers.redis.url)
+    try:
+        usage = {}
+        for devices in (1, 3, 8):
+            uid, conv = new_id("u"), new_id("c")
+            for d in range(devices):
+                await stores.offline.register(uid, f"device-{d}")
+            for i in range(1, 301):
+                await stores.offline.add(uid, msg(conv, i, body=b"x" * 100))
+            total = 0
+            for key in RedisOfflineStore._keys(uid):
+                total += await client.memory_usage(key, samples=0) or 0
+            usage[devices] = total
+        assert usage[3] <= usage[1] * 1.01 + 256, usage
+        assert usage[8] <= usage[1] * 1.01 + 1024, usage
     finally:
         await client.aclose()
         await stores.close()
@@ -708,7 +982,7 @@ async def test_redis_url_with_password_and_database_is_honoured(cluster_servers,
         conv, uid = new_id("c"), new_id("u")
         assert await stores.sequences.next_seq(conv) == 1
         assert await stores.offline.add(uid, msg(conv, 1)) == 1
-        assert await admin.exists(_key("seq", conv), _key("off", uid)) == 2  # in database 3
+        assert await admin.exists(_key("seq", conv), _key("tl", uid)) == 2  # in database 3
         db0 = aioredis.Redis.from_url(f"redis://:s3cret%2Fpw@127.0.0.1:{server.port}/0")
         try:
             assert await db0.dbsize() == 0

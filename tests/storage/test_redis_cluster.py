@@ -3,6 +3,8 @@ as the `redis-cluster` engine): keys spread over the masters (S10), stale slot m
 slot in migration (ASK), and script caches lost on the nodes (NOSCRIPT)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _msg(conv: str, message_id: int) -> pb.Message:
-    return pb.Message(message_id=message_id, conversation_id=conv, seq=message_id, server_time=1_700_000_000_000, content=b"x")
+    return pb.Message(message_id=message_id, conversation_id=conv, seq=message_id, server_time=int(time.time() * 1000), content=b"x")
 
 
 async def test_keys_spread_over_masters_and_stale_maps_and_lost_scripts_recover(redis_cluster, cluster_servers) -> None:
