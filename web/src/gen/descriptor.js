@@ -29,6 +29,11 @@ export default {
         "device_id": {
          "type": "string",
          "id": 4
+        },
+        "features": {
+         "rule": "repeated",
+         "type": "string",
+         "id": 5
         }
        }
       },
@@ -146,9 +151,21 @@ export default {
          "type": "int64",
          "id": 9
         },
+        "event": {
+         "type": "MessageEvent",
+         "id": 10
+        },
+        "status": {
+         "type": "MessageStatus",
+         "id": 11
+        },
+        "revision_seq": {
+         "type": "uint64",
+         "id": 12
+        },
         "gap": {
          "type": "bool",
-         "id": 10
+         "id": 13
         }
        }
       },
@@ -170,6 +187,15 @@ export default {
         "limit": {
          "type": "int32",
          "id": 2
+        },
+        "resume_cursor": {
+         "type": "int64",
+         "id": 3
+        },
+        "acked_ids": {
+         "rule": "repeated",
+         "type": "int64",
+         "id": 4
         }
        }
       },
@@ -187,6 +213,10 @@ export default {
         "next_cursor": {
          "type": "int64",
          "id": 3
+        },
+        "device_cursor": {
+         "type": "int64",
+         "id": 4
         }
        }
       },
