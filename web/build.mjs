@@ -26,6 +26,8 @@ const PUBLIC = [
   "PushAck", "PullOfflineRequest", "PullOfflineResponse", "PullNotify", "PullHistoryRequest",
   "PullHistoryResponse", "ReadReport", "ReadStatusRequest", "ReadState", "ReadStatusResponse",
   "UnreadCount", "UnreadResponse", "IdBatchRequest", "IdBatchResponse", "Kick", "Error",
+  // v1 extensions (docs/protocol.md): message events, SYNC notices
+  "EventKind", "MessageStatus", "MessageEvent", "ModifyRequest", "Sync",
 ];
 
 function descriptorSource() {
