@@ -396,6 +396,87 @@ export default {
          "id": 2
         }
        }
+      },
+      "EventKind": {
+       "values": {
+        "EVENT_KIND_UNSPECIFIED": 0,
+        "RECALL": 1,
+        "EDIT": 2,
+        "DELETE_FOR_ME": 3
+       }
+      },
+      "MessageStatus": {
+       "values": {
+        "MESSAGE_STATUS_NORMAL": 0,
+        "EDITED": 1,
+        "RECALLED": 2,
+        "DELETED": 3
+       }
+      },
+      "MessageEvent": {
+       "fields": {
+        "kind": {
+         "type": "EventKind",
+         "id": 1
+        },
+        "target_seq": {
+         "type": "uint64",
+         "id": 2
+        },
+        "target_message_id": {
+         "type": "int64",
+         "id": 3
+        }
+       }
+      },
+      "ModifyRequest": {
+       "fields": {
+        "message_id": {
+         "type": "int64",
+         "id": 1
+        },
+        "kind": {
+         "type": "EventKind",
+         "id": 2
+        },
+        "conversation_id": {
+         "type": "string",
+         "id": 3
+        },
+        "target_seq": {
+         "type": "uint64",
+         "id": 4
+        },
+        "target_message_id": {
+         "type": "int64",
+         "id": 5
+        },
+        "content_type": {
+         "type": "int32",
+         "id": 6
+        },
+        "content": {
+         "type": "bytes",
+         "id": 7
+        }
+       }
+      },
+      "Sync": {
+       "fields": {
+        "conversation_id": {
+         "type": "string",
+         "id": 1
+        },
+        "read_seq": {
+         "type": "uint64",
+         "id": 2
+        },
+        "deleted_seqs": {
+         "rule": "repeated",
+         "type": "uint64",
+         "id": 3
+        }
+       }
       }
      }
     }
