@@ -19,14 +19,15 @@ const staticDir = path.join(repo, "im_runtime/web/static");
 const descriptorFile = path.join(here, "src/gen/descriptor.js");
 const check = process.argv.includes("--check");
 
-// The public contract of PROTOCOL.md; the internal access <-> dispatch and route messages
+// The public contract of PROTOCOL.md and its v1 extensions; the internal access <-> dispatch and route messages
 // that follow in the same .proto never reach a browser.
 const PUBLIC = [
   "ConversationType", "AuthRequest", "AuthResponse", "SendRequest", "SendAck", "Message",
   "PushAck", "PullOfflineRequest", "PullOfflineResponse", "PullNotify", "PullHistoryRequest",
   "PullHistoryResponse", "ReadReport", "ReadStatusRequest", "ReadState", "ReadStatusResponse",
   "UnreadCount", "UnreadResponse", "IdBatchRequest", "IdBatchResponse", "Kick", "Error",
-  // v1 extensions (docs/protocol.md): message events, SYNC notices
+  // v1 extensions (docs/protocol.md): Message.event/status refer to these, so they must ship
+  // with Message or the descriptor does not resolve.
   "EventKind", "MessageStatus", "MessageEvent", "ModifyRequest", "Sync",
 ];
 

@@ -89,6 +89,31 @@ class ChatPage:
     def own(self, text: str):
         return self.page.locator(".message.own", has=self.page.locator(".bubble", has_text=text))
 
+    def by_id(self, message_id: str):
+        """A message by its id: its text changes with an edit or a recall."""
+        return self.page.locator(f".message[data-message-id='{message_id}']")
+
+    async def message_id(self, text: str) -> str:
+        await expect(self.message(text)).to_have_count(1, timeout=WAIT_MS)
+        return await self.message(text).get_attribute("data-message-id")
+
+    async def edit(self, message_id: str, text: str) -> None:
+        """Edit on the message, the new text in the composer, Enter."""
+        await self.by_id(message_id).locator(".action-edit").click()
+        await expect(self.page.locator("#edit-bar")).to_be_visible()
+        await self.page.fill("#composer-input", text)
+        await self.page.press("#composer-input", "Enter")
+        await expect(self.page.locator("#edit-bar")).to_be_hidden()
+
+    async def device_id(self) -> str:
+        return await self.page.evaluate("window.imstack.client.deviceId")
+
+    async def reopen(self, uid: str) -> "ChatPage":
+        """A new tab in the same browser profile (its localStorage: the same device), signed in."""
+        again = ChatPage(await self.page.context.new_page(), self.base_url)
+        await again.sign_in(uid)
+        return again
+
     async def expect_message(self, text: str) -> None:
         await expect(self.message(text)).to_have_count(1, timeout=WAIT_MS)
 

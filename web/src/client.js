@@ -12,11 +12,28 @@
 //    acked page by page;
 //  - read reports, read-status polling with backoff 2 s, 4 s, 8 s, ... (never a push
 //    storm), unread counts.
-// Events (EventTarget, `event.detail`): status, message, ack, sendfailed, readstatus,
-// unread, kick, servererror. Timers and randomness are injectable for tests.
+// Several devices per user (S18, the v1 extensions of docs/protocol.md), like the Python SDK:
+//  - every connection sends its device_id (stable per browser profile: device.js) and the
+//    features it understands ("sync");
+//  - the device's resume position: PUSH_ACKs get no answer, so the ids acked since the last
+//    pull are kept (bounded) and ride the next PULL_OFFLINE_REQ (`acked_ids`) with the
+//    position the last pull reached (`resume_cursor`, kept in a ResumeStore, localStorage in
+//    the page): acks lost with a dead access node do not bring messages back;
+//  - messages the user sent from another device arrive like any other, `own` in the event;
+//  - recall / edit / delete for me (MODIFY_REQ, answered by SEND_ACK; 403 not yours, 404
+//    unknown, 410 the recall window passed), events applied to the held state (state.js);
+//  - SYNC notices from the user's other devices: read positions (the unread counts are asked
+//    again) and deletions.
+// Events (EventTarget, `event.detail`): status, message, change, sync, ack, sendfailed,
+// readstatus, unread, kick, servererror. Timers and randomness are injectable for tests.
 import { decodeFrame, encodeFrame, FrameError } from "./codec.js";
-import { BODY_TYPES, ConversationType, ErrorCode, RequestType, conversationId, decodeBody, encodeBody, pb } from "./proto.js";
+import {
+  BODY_TYPES, ConversationType, ErrorCode, EventKind, FEATURE_SYNC, MessageStatus, RequestType, conversationId, decodeBody,
+  encodeBody, pb,
+} from "./proto.js";
 import { ConversationOrder, SeenIds, isGap } from "./order.js";
+import { MessageState, isEvent } from "./state.js";
+import { ResumeStore } from "./device.js";
 
 export const Status = Object.freeze({
   IDLE: "idle",
@@ -60,6 +77,7 @@ const RESPONSE_OF = {
   [RequestType.AUTH_REQ]: RequestType.AUTH_RESP,
   [RequestType.HEARTBEAT_REQ]: RequestType.HEARTBEAT_RESP,
   [RequestType.SEND_REQ]: RequestType.SEND_ACK,
+  [RequestType.MODIFY_REQ]: RequestType.SEND_ACK,
   [RequestType.PULL_OFFLINE_REQ]: RequestType.PULL_OFFLINE_RESP,
   [RequestType.PULL_HISTORY_REQ]: RequestType.PULL_HISTORY_RESP,
   [RequestType.READ_REPORT]: RequestType.READ_REPORT_ACK,
@@ -86,7 +104,13 @@ const DEFAULTS = {
   readPollFirstMs: 2_000,
   readPollMaxMs: 64_000,
   maxBody: 65_536,
+  unconfirmedMax: 2_000, // acked ids kept for the next pull (they fit its 64 KiB body)
 };
+
+/** The larger of two int64 positions given as decimal strings (or numbers). */
+function maxCursor(a, b) {
+  return BigInt(a || 0) >= BigInt(b || 0) ? String(a || 0) : String(b || 0);
+}
 
 /** Exponential backoff with jitter: attempt 0 -> [base/2, base], doubling, capped at max. */
 export function backoffDelay(attempt, baseMs, maxMs, random = Math.random) {
@@ -106,7 +130,9 @@ export class ImClient extends EventTarget {
    * @param {string} opts.token
    * @param {string} [opts.url] ws:// address of an access node
    * @param {() => Promise<string>} [opts.resolveUrl] picks an access node for each connect (ipList)
-   * @param {string} [opts.deviceId]
+   * @param {string} [opts.deviceId] stable per device (the page's comes from DeviceSlot)
+   * @param {{load(): string, save(cursor: string): void}} [opts.resumeStore] where the
+   *   device's resume position is kept (memory by default)
    * @param {Function} [opts.WebSocket] WebSocket constructor (the browser's by default)
    */
   constructor(opts) {
@@ -144,6 +170,17 @@ export class ImClient extends EventTarget {
     this._pullAgain = false;
     this._readReported = new Map(); // conversation_id -> highest seq reported
     this._readPolls = new Map(); // conversation_id -> poller state
+
+    this.state = new MessageState(); // current content of held messages (recall, edit, delete)
+    this._resume = opts.resumeStore || new ResumeStore(null, this.uid, this.deviceId);
+    this.resumeCursor = this._resume.load() || "0";
+    this._unconfirmed = new Set(); // ids acked since the last pull (decimal strings)
+  }
+
+  /** The highest seq of `conv` delivered in order (events included), or 0. */
+  latestSeq(conv) {
+    const order = this._orders.get(conv);
+    return (order && order.last) || 0;
   }
 
   // ---------------------------------------------------------------- connection
@@ -239,6 +276,7 @@ export class ImClient extends EventTarget {
         token: this.token,
         timestamp: Date.now(),
         device_id: this.deviceId,
+        features: [FEATURE_SYNC],
       });
     } catch (err) {
       if (err instanceof ProtocolError && err.code === ErrorCode.UNAUTHENTICATED) return this._unauthorized(err.message);
@@ -434,6 +472,9 @@ export class ImClient extends EventTarget {
       case RequestType.KICK:
         this._onKick(body);
         return;
+      case RequestType.SYNC:
+        this._onSync(body);
+        return;
       default:
         break;
     }
@@ -537,8 +578,8 @@ export class ImClient extends EventTarget {
     return { message_id, conversation_id, client_seq: request.client_seq, done };
   }
 
-  async _sendOnce(request) {
-    const ack = await this._request(RequestType.SEND_REQ, request);
+  async _sendOnce(request, type = RequestType.SEND_REQ) {
+    const ack = await this._request(type, request);
     // S15: a re-send of an id the server already has is answered with the original ack.
     if (ack.code === ErrorCode.OK || ack.code === ErrorCode.DUPLICATE) return ack;
     throw new ProtocolError(ack.code, ack.message || "send refused");
@@ -584,6 +625,7 @@ export class ImClient extends EventTarget {
     if (this.status !== Status.ONLINE) return;
     if (this._sendFrame(RequestType.PUSH_ACK, this._nextSeq(), encodeBody(pb.PushAck, { message_ids: ids }))) {
       this._pendingAcks = [];
+      this._unconfirm(ids); // no answer comes: confirmed only by the next pull
     }
   }
 
@@ -617,8 +659,36 @@ export class ImClient extends EventTarget {
       const key = String(m.message_id);
       const source = this._sources.get(key) || "history";
       this._sources.delete(key);
-      this._emit("message", { message: m, source });
+      const own = m.from === this.uid; // sender sync: sent from another device of ours
+      if (isEvent(m)) {
+        const change = this.state.applyEvent(m);
+        const cause = m.event.kind === EventKind.RECALL ? "recall" : "edit";
+        if (change) this._emit("change", { change, cause, event: m, source, own });
+        continue;
+      }
+      const current = this.state.put(m, own);
+      this._emit("message", { message: m, view: current, source, own });
     }
+  }
+
+  _onSync(sync) {
+    const conv = sync.conversation_id;
+    if (sync.read_seq && (this._readReported.get(conv) || 0) < sync.read_seq) this._readReported.set(conv, sync.read_seq);
+    for (const change of this.state.hide(conv, sync.deleted_seqs || [])) {
+      this._emit("change", { change, cause: "delete", source: "sync", own: true });
+    }
+    this._emit("sync", sync);
+    // A notice only: the server holds the counts (another device read: ours are lower now).
+    if (sync.read_seq) this.unread().catch(() => {});
+  }
+
+  _unconfirm(ids) {
+    for (const id of ids) {
+      const key = String(id);
+      this._unconfirmed.delete(key);
+      this._unconfirmed.add(key);
+    }
+    while (this._unconfirmed.size > this.opts.unconfirmedMax) this._unconfirmed.delete(this._unconfirmed.values().next().value);
   }
 
   _fillGap(conv) {
@@ -651,10 +721,16 @@ export class ImClient extends EventTarget {
   }
 
   _sendPushAck(ids) {
-    if (ids.length) this._sendFrame(RequestType.PUSH_ACK, this._nextSeq(), encodeBody(pb.PushAck, { message_ids: ids.map(String) }));
+    if (!ids.length) return;
+    if (this._sendFrame(RequestType.PUSH_ACK, this._nextSeq(), encodeBody(pb.PushAck, { message_ids: ids.map(String) }))) this._unconfirm(ids);
+    else this._pendingAcks.push(...ids.map(String)); // they ride the next pull
   }
 
-  /** Pulls the offline store page by page, acking each page (S10, S15). */
+  /**
+   * Pulls the offline store page by page (S10, S15). The first page carries this device's
+   * resume position and the acks not yet confirmed, so the server moves the device's cursor
+   * before it reads; each page's acks ride the next page, the last page's go as a PUSH_ACK.
+   */
   pullOffline() {
     if (this._pulling) {
       this._pullAgain = true;
@@ -664,19 +740,7 @@ export class ImClient extends EventTarget {
       let total = 0;
       do {
         this._pullAgain = false;
-        let cursor = 0;
-        for (let page = 0; page < this.opts.offlineMaxPages; page++) {
-          const resp = await this._request(RequestType.PULL_OFFLINE_REQ, { cursor, limit: this.opts.offlinePageSize });
-          const msgs = resp.messages.slice().sort((a, b) =>
-            a.conversation_id === b.conversation_id ? a.seq - b.seq : a.conversation_id < b.conversation_id ? -1 : 1,
-          );
-          for (const m of msgs) this._accept(m, "offline");
-          this._sendPushAck(msgs.map((m) => m.message_id));
-          total += msgs.length;
-          const next = Number(resp.next_cursor);
-          if (!resp.has_more || !msgs.length || next === cursor) break;
-          cursor = next;
-        }
+        total += await this._pullPages();
       } while (this._pullAgain);
       if (total) this.unread().catch(() => {});
       return total;
@@ -684,6 +748,46 @@ export class ImClient extends EventTarget {
       this._pulling = null;
     });
     return this._pulling;
+  }
+
+  async _pullPages() {
+    clearTimeout(this._ackTimer);
+    this._ackTimer = null;
+    let acked = [...new Set([...this._unconfirmed, ...this._pendingAcks])];
+    this._pendingAcks = [];
+    let req = { cursor: "0", limit: this.opts.offlinePageSize, resume_cursor: this.resumeCursor, acked_ids: acked };
+    let cursor = "0";
+    let total = 0;
+    for (let page = 0; page < this.opts.offlineMaxPages; page++) {
+      let resp;
+      try {
+        resp = await this._request(RequestType.PULL_OFFLINE_REQ, req);
+      } catch (err) {
+        this._unconfirm(acked); // not confirmed: they go with the next pull
+        throw err;
+      }
+      for (const id of acked) this._unconfirmed.delete(id);
+      acked = [];
+      const msgs = resp.messages.slice().sort((a, b) =>
+        a.conversation_id === b.conversation_id ? a.seq - b.seq : a.conversation_id < b.conversation_id ? -1 : 1,
+      );
+      for (const m of msgs) this._accept(m, "offline");
+      const ids = msgs.map((m) => String(m.message_id));
+      // Everything up to next_cursor is on this device now (what the page left out, the
+      // device had acked already).
+      this.resumeCursor = maxCursor(this.resumeCursor, maxCursor(resp.next_cursor, resp.device_cursor));
+      this._resume.save(this.resumeCursor);
+      total += ids.length;
+      const next = String(resp.next_cursor || 0);
+      if (!resp.has_more || !msgs.length || next === cursor) {
+        this._sendPushAck(ids);
+        return total;
+      }
+      cursor = next;
+      acked = ids;
+      req = { cursor, limit: this.opts.offlinePageSize, acked_ids: ids }; // this page's acks ride the next
+    }
+    return total;
   }
 
   /**
@@ -708,12 +812,72 @@ export class ImClient extends EventTarget {
       if (!beforeSeq && round === 0 && entries.length) {
         this._deliver(this._order(conv).setBaseline(entries[entries.length - 1].seq));
       }
-      messages = entries.filter((m) => !isGap(m));
+      for (const m of entries) if (!isGap(m)) this._seen.add(m.message_id);
+      // Events are left out too (the page's originals come revised already), and so are
+      // what this user deleted for itself; what is shown is the held state.
+      messages = entries
+        .filter((m) => !isGap(m) && !isEvent(m))
+        .map((m) => this.state.put(m, m.from === this.uid))
+        .filter((v) => v.status !== MessageStatus.DELETED);
       if (messages.length || !resp.has_more || !entries.length || afterSeq) break;
       before = entries[0].seq;
     }
-    for (const m of messages) this._seen.add(m.message_id);
     return { messages, has_more: resp.has_more };
+  }
+
+  // ---------------------------------------------------------------- recall, edit, delete for me
+
+  /** Recalls one of our messages (within the server's window: ProtocolError 410 after it). */
+  recall(conversation, seq, messageId) {
+    return this._modify(EventKind.RECALL, conversation, seq, messageId);
+  }
+
+  /** Replaces the content of one of our messages (no window). */
+  edit(conversation, seq, messageId, content, contentType = 1) {
+    const bytes = typeof content === "string" ? new TextEncoder().encode(content) : content;
+    return this._modify(EventKind.EDIT, conversation, seq, messageId, bytes, contentType);
+  }
+
+  /** Hides a message (anyone's) on every device of this user, and from its history. */
+  deleteForMe(conversation, seq, messageId) {
+    return this._modify(EventKind.DELETE_FOR_ME, conversation, seq, messageId);
+  }
+
+  /**
+   * MODIFY_REQ with an id of its own (re-sent with the same id on retry: the server
+   * de-duplicates), answered by SEND_ACK. Resolves with the ack once the change is applied
+   * here too; rejects with ProtocolError 403 (not yours), 404 (unknown), 410 (too late).
+   */
+  async _modify(kind, conversation_id, seq, messageId, content = new Uint8Array(0), contentType = 0) {
+    const message_id = await this._withRetry(() => this.nextId());
+    const request = {
+      message_id,
+      kind,
+      conversation_id,
+      target_seq: seq,
+      target_message_id: messageId ? String(messageId) : "0",
+      content_type: contentType,
+      content,
+    };
+    const ack = await this._withRetry(() => this._sendOnce(request, RequestType.MODIFY_REQ));
+    if (kind === EventKind.DELETE_FOR_ME) {
+      // No seq of the conversation (the peer must not see it): applied here at once.
+      for (const change of this.state.hide(conversation_id, [seq])) this._emit("change", { change, cause: "delete", source: "own", own: true });
+      return ack;
+    }
+    const event = {
+      message_id,
+      conversation_id,
+      seq: ack.seq || 0,
+      from: this.uid,
+      content_type: contentType,
+      content,
+      server_time: ack.server_time,
+      event: { kind, target_seq: seq, target_message_id: request.target_message_id },
+    };
+    if (event.seq) this._accept(event, "own"); // fills the event's seq in the ordering too
+    else this._deliver([event]); // a DUPLICATE without its seq: apply it all the same
+    return ack;
   }
 
   // ---------------------------------------------------------------- read state, unread

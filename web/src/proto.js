@@ -34,6 +34,8 @@ export const pb = {
   IdBatchResponse: t("IdBatchResponse"),
   Kick: t("Kick"),
   Error: t("Error"),
+  ModifyRequest: t("ModifyRequest"),
+  Sync: t("Sync"),
 };
 
 export const RequestType = Object.freeze({
@@ -42,16 +44,23 @@ export const RequestType = Object.freeze({
   PULL_OFFLINE_REQ: 20, PULL_OFFLINE_RESP: 21, PULL_NOTIFY: 22,
   PULL_HISTORY_REQ: 23, PULL_HISTORY_RESP: 24,
   READ_REPORT: 30, READ_REPORT_ACK: 31, READ_STATUS_REQ: 32, READ_STATUS_RESP: 33,
-  UNREAD_REQ: 34, UNREAD_RESP: 35, ID_BATCH_REQ: 40, ID_BATCH_RESP: 41,
-  KICK: 90, ERROR: 99,
+  UNREAD_REQ: 34, UNREAD_RESP: 35, SYNC: 36, ID_BATCH_REQ: 40, ID_BATCH_RESP: 41,
+  MODIFY_REQ: 50, KICK: 90, ERROR: 99,
 });
 
 export const ErrorCode = Object.freeze({
   OK: 0, BAD_BODY: 400, UNAUTHENTICATED: 401, FORBIDDEN: 403, NOT_FOUND: 404,
-  DUPLICATE: 409, FRAME_TOO_LARGE: 413, BAD_FRAME: 422, RATE_LIMITED: 429, UNAVAILABLE: 503,
+  DUPLICATE: 409, GONE: 410, FRAME_TOO_LARGE: 413, BAD_FRAME: 422, RATE_LIMITED: 429, UNAVAILABLE: 503,
 });
 
 export const ConversationType = Object.freeze({ SINGLE: 1, GROUP: 2 });
+
+// v1 extensions (docs/protocol.md): what an event message does, and a message's current state.
+export const EventKind = Object.freeze({ NONE: 0, RECALL: 1, EDIT: 2, DELETE_FOR_ME: 3 });
+export const MessageStatus = Object.freeze({ NORMAL: 0, EDITED: 1, RECALLED: 2, DELETED: 3 });
+// AuthRequest.features this client understands (im_runtime/protocol/types.py FEATURE_SYNC):
+// the server sends SYNC notices only to connections that list it.
+export const FEATURE_SYNC = "sync";
 
 // The body message of each request type (null = empty body), as in PROTOCOL.md.
 export const BODY_TYPES = Object.freeze({
@@ -74,8 +83,10 @@ export const BODY_TYPES = Object.freeze({
   [RequestType.READ_STATUS_RESP]: pb.ReadStatusResponse,
   [RequestType.UNREAD_REQ]: null,
   [RequestType.UNREAD_RESP]: pb.UnreadResponse,
+  [RequestType.SYNC]: pb.Sync,
   [RequestType.ID_BATCH_REQ]: pb.IdBatchRequest,
   [RequestType.ID_BATCH_RESP]: pb.IdBatchResponse,
+  [RequestType.MODIFY_REQ]: pb.ModifyRequest,
   [RequestType.KICK]: pb.Kick,
   [RequestType.ERROR]: pb.Error,
 });
@@ -83,7 +94,10 @@ export const BODY_TYPES = Object.freeze({
 // Plain-object view of a decoded message: int64 as decimal strings (ids, times), uint64 seq
 // and counts as numbers (a conversation's seq stays far below 2^53), bytes as Uint8Array.
 const TO_OBJECT = { longs: String, enums: Number, bytes: Uint8Array, defaults: true, arrays: true };
-const NUMBER_FIELDS = new Set(["seq", "latest_seq", "before_seq", "after_seq", "client_seq", "count", "total", "read_count"]);
+const NUMBER_FIELDS = new Set([
+  "seq", "latest_seq", "before_seq", "after_seq", "client_seq", "count", "total", "read_count",
+  "target_seq", "revision_seq", "read_seq", "deleted_seqs",
+]);
 
 export function toPlain(type, message) {
   const obj = type.toObject(message, TO_OBJECT);
@@ -96,6 +110,7 @@ function normalize(value) {
     for (const key of Object.keys(value)) {
       const v = value[key];
       if (NUMBER_FIELDS.has(key) && typeof v === "string") value[key] = Number(v);
+      else if (NUMBER_FIELDS.has(key) && Array.isArray(v)) value[key] = v.map(Number);
       else value[key] = normalize(v);
     }
   }

@@ -30,6 +30,7 @@ test("auth carries uid, token and device; status goes online", async (t) => {
   assert.equal(auth.uid, "alice");
   assert.equal(auth.token, "good");
   assert.ok(auth.device_id.startsWith("web-"));
+  assert.deepEqual(auth.features, ["sync"], "SYNC notices are asked for");
   assert.deepEqual(events.status.map((s) => s.status), ["connecting", "online"]);
   await until(() => server.frames(T.PULL_OFFLINE_REQ).length === 1, { what: "offline pull after auth" });
 });
@@ -154,7 +155,7 @@ test("pushes: batched PUSH_ACK, de-dup by id, reorder with a gap pulled from his
   assert.equal(m2.seq + m3.seq, 5);
 });
 
-test("PULL_NOTIFY pulls the offline store page by page and acks each page", async (t) => {
+test("PULL_NOTIFY pulls the offline store page by page; each page's acks ride the next pull", async (t) => {
   const server = new FakeServer();
   const { client, events } = await online(server, { offlinePageSize: 2 });
   t.after(() => client.close());
@@ -163,10 +164,12 @@ test("PULL_NOTIFY pulls the offline store page by page and acks each page", asyn
   server.reply(server.socket, T.PULL_NOTIFY, 0, { conversation_id: "g:grp", latest_seq: 5, pending: 5 });
   await until(() => events.message.length === 5, { what: "offline messages" });
   assert.deepEqual(events.message.map((e) => e.message.seq), [1, 2, 3, 4, 5]);
-  const cursors = server.frames(T.PULL_OFFLINE_REQ).slice(1).map((f) => Number(f.body.cursor));
-  assert.deepEqual(cursors, [0, 2, 4]);
-  const acked = server.frames(T.PUSH_ACK).flatMap((f) => f.body.message_ids);
-  assert.deepEqual(acked, server.offline.map((m) => m.message_id));
+  const pulls = server.frames(T.PULL_OFFLINE_REQ).slice(1).map((f) => f.body);
+  assert.deepEqual(pulls.map((b) => Number(b.cursor)), [0, 2, 4]);
+  const ids = server.offline.map((m) => m.message_id);
+  assert.deepEqual(pulls.map((b) => b.acked_ids), [[], ids.slice(0, 2), ids.slice(2, 4)]);
+  await until(() => server.frames(T.PUSH_ACK).length === 1, { what: "the last page's PUSH_ACK" });
+  assert.deepEqual(server.frames(T.PUSH_ACK)[0].body.message_ids, ids.slice(4));
 });
 
 test("history gives the newest page oldest first and sets the ordering baseline", async (t) => {
@@ -315,4 +318,135 @@ test("a KICK 409 (same device signed in elsewhere) stops instead of kicking back
   await client.start(); // the user may take the session back explicitly
   assert.equal(client.status, Status.ONLINE);
   assert.equal(server.sockets.length, 2);
+});
+
+function memoryResume(initial = "0") {
+  const saved = [];
+  return { saved, load: () => initial, save: (c) => saved.push(c) };
+}
+
+test("the resume position is sent on the first pull and kept from what the pulls reached", async (t) => {
+  const server = new FakeServer();
+  for (let i = 0; i < 3; i++) server.offline.push(server.store({ from: "bob", to: "alice", text: `o${i}` }));
+  const resume = memoryResume("1");
+  const { client, events } = await online(server, { offlinePageSize: 2, resumeStore: resume });
+  t.after(() => client.close());
+  await until(() => events.message.length === 3, { what: "offline messages" });
+  const [first, second] = server.frames(T.PULL_OFFLINE_REQ).map((f) => f.body);
+  assert.equal(first.resume_cursor, "1");
+  assert.equal(second.resume_cursor, "0", "only the first page moves the device's cursor");
+  assert.deepEqual(resume.saved, ["2", "3"]);
+  assert.equal(client.resumeCursor, "3");
+});
+
+test("acks lost with the connection ride the next pull until a pull confirms them", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  await until(() => server.frames(T.PULL_OFFLINE_REQ).length === 1, { what: "initial pull" });
+  const msg = server.store({ from: "bob", to: "alice", text: "pushed" });
+  server.push(msg);
+  await until(() => server.frames(T.PUSH_ACK).length === 1, { what: "push ack" });
+  server.socket.close(1006, "node died"); // the ack may be lost with it
+  await until(() => server.frames(T.PULL_OFFLINE_REQ).length === 2, { what: "pull after the reconnect" });
+  assert.deepEqual(server.frames(T.PULL_OFFLINE_REQ)[1].body.acked_ids, [msg.message_id]);
+  server.reply(server.socket, T.PULL_NOTIFY, 0, {});
+  await until(() => server.frames(T.PULL_OFFLINE_REQ).length === 3, { what: "pull on notify" });
+  assert.deepEqual(server.frames(T.PULL_OFFLINE_REQ)[2].body.acked_ids, [], "confirmed by the pull before");
+  assert.equal(events.message.length, 1);
+});
+
+test("a message sent from another device of ours arrives marked own", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  t.after(() => client.close());
+  server.push(server.store({ from: "alice", to: "bob", text: "from my phone" }));
+  server.push(server.store({ from: "bob", to: "alice", text: "reply" }));
+  await until(() => events.message.length === 2, { what: "two messages" });
+  assert.deepEqual(events.message.map((e) => e.own), [true, false]);
+});
+
+test("recall, edit and delete for me: the ack's seq fills the order and the change is applied", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  const changes = [];
+  client.addEventListener("change", (e) => changes.push(e.detail));
+  t.after(() => client.close());
+  const sent = await client.send({ to: "bob", text: "helo" });
+  const ack = await sent.done;
+  const edited = await client.edit("s:alice:bob", ack.seq, sent.message_id, "hello");
+  assert.equal(edited.seq, 2);
+  const req = server.frames(T.MODIFY_REQ)[0].body;
+  assert.deepEqual([req.kind, req.target_seq, req.target_message_id], [2, 1, sent.message_id]);
+  assert.notEqual(req.message_id, sent.message_id, "an event has an id of its own");
+  assert.equal(changes[0].cause, "edit");
+  assert.equal(new TextDecoder().decode(changes[0].change.content), "hello");
+  assert.equal(changes[0].change.status, 1);
+  await client.recall("s:alice:bob", ack.seq, sent.message_id);
+  assert.deepEqual([changes[1].cause, changes[1].change.status, changes[1].change.content.length], ["recall", 2, 0]);
+  assert.equal(client.latestSeq("s:alice:bob"), 3, "event seqs are delivered in order too");
+  assert.equal(client.state.get("s:alice:bob", 1).status, 2);
+  // an edit after the recall changes nothing
+  server.push(server.store({ from: "alice", to: "bob", conv: "s:alice:bob", content: new Uint8Array([120]), event: { kind: 2, target_seq: 1 } }));
+  await until(() => client.latestSeq("s:alice:bob") === 4, { what: "the late edit" });
+  assert.equal(changes.length, 2);
+  assert.equal(server.frames(T.PULL_HISTORY_REQ).length, 0, "no gap was opened by our own events");
+  assert.equal(events.message.length, 1, "events are not messages");
+
+  const theirs = server.store({ from: "bob", to: "alice", text: "theirs" });
+  server.push(theirs);
+  await until(() => events.message.length === 2, { what: "bob's message" });
+  await assert.rejects(client.recall("s:alice:bob", theirs.seq, theirs.message_id), (e) => e instanceof ProtocolError && e.code === 403);
+  await assert.rejects(client.edit("s:alice:bob", 77, "0", "x"), (e) => e instanceof ProtocolError && e.code === 404);
+  await client.deleteForMe("s:alice:bob", theirs.seq, theirs.message_id);
+  assert.deepEqual([changes.at(-1).cause, changes.at(-1).change.status, changes.at(-1).change.seq], ["delete", 3, theirs.seq]);
+  server.recallTooLate = true;
+  const again = await (await client.send({ to: "bob", text: "late" })).done;
+  await assert.rejects(client.recall("s:alice:bob", again.seq), (e) => e instanceof ProtocolError && e.code === 410);
+  assert.equal(server.frames(T.MODIFY_REQ).filter((f) => f.body.kind === 1).length, 3, "403/404/410 are final: not retried");
+});
+
+test("events from the peer change the held message; history leaves events and deletions out", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  const changes = [];
+  client.addEventListener("change", (e) => changes.push(e.detail));
+  t.after(() => client.close());
+  const conv = "s:alice:bob";
+  const original = server.store({ from: "bob", to: "alice", text: "typo" });
+  server.push(original);
+  server.push(server.store({ from: "bob", to: "alice", conv, content: new TextEncoder().encode("fixed"), event: { kind: 2, target_seq: 1, target_message_id: original.message_id } }));
+  await until(() => changes.length === 1, { what: "the edit" });
+  assert.deepEqual([changes[0].cause, changes[0].own, changes[0].change.message_id], ["edit", false, original.message_id]);
+  assert.equal(new TextDecoder().decode(client.state.get(conv, 1).content), "fixed");
+  assert.equal(events.message.length, 1);
+  // history: the stored original revised, the event, and a tombstone of a deleted one
+  server.stored.get(conv)[0] = { ...original, content: new TextEncoder().encode("fixed"), status: 1, revision_seq: 2 };
+  const gone = server.store({ from: "bob", to: "alice", text: "gone" });
+  gone.status = 3;
+  gone.content = new Uint8Array(0);
+  const page = await client.history(conv);
+  assert.deepEqual(page.messages.map((m) => [m.seq, m.status, new TextDecoder().decode(m.content)]), [[1, 1, "fixed"]]);
+});
+
+test("SYNC from another device: a read asks for the unread counts again, deletions hide", async (t) => {
+  const server = new FakeServer();
+  const { client, events } = await online(server);
+  const changes = [];
+  const syncs = [];
+  client.addEventListener("change", (e) => changes.push(e.detail));
+  client.addEventListener("sync", (e) => syncs.push(e.detail));
+  t.after(() => client.close());
+  const m = server.store({ from: "bob", to: "alice", text: "x" });
+  server.push(m);
+  await until(() => events.message.length === 1, { what: "message" });
+  await until(() => server.frames(T.UNREAD_REQ).length >= 1, { what: "unread after auth" });
+  const before = server.frames(T.UNREAD_REQ).length;
+  server.reply(server.socket, T.SYNC, 0, { conversation_id: m.conversation_id, read_seq: 1 });
+  await until(() => server.frames(T.UNREAD_REQ).length === before + 1, { what: "unread asked again" });
+  assert.equal(syncs[0].read_seq, 1);
+  assert.equal(await client.readReport(m.conversation_id, 1), false, "already read on the other device");
+  server.reply(server.socket, T.SYNC, 0, { conversation_id: m.conversation_id, deleted_seqs: [1] });
+  await until(() => changes.length === 1, { what: "deletion" });
+  assert.deepEqual([changes[0].cause, changes[0].change.seq, changes[0].change.status, changes[0].change.known], ["delete", 1, 3, true]);
 });

@@ -16,6 +16,7 @@ export class FakeServer {
     this.stored = new Map(); // conversation_id -> [Message]
     this.offline = []; // Messages waiting for this user
     this.token = "good";
+    this.recallTooLate = false; // MODIFY_REQ RECALL answered 410 GONE
     const server = this;
     this.WebSocket = class FakeSocket {
       constructor(url) {
@@ -69,8 +70,8 @@ export class FakeServer {
   }
 
   /** A stored message as the server would make it (seq assigned per conversation). */
-  store({ from, to, type = 1, text = "hi" }) {
-    const conv = conversationId(type, from, to);
+  store({ from, to, type = 1, text = "hi", conv: given, event = null, content = null }) {
+    const conv = given || conversationId(type, from, to);
     const seq = (this.seqs.get(conv) || 0) + 1;
     this.seqs.set(conv, seq);
     const msg = {
@@ -81,9 +82,10 @@ export class FakeServer {
       type,
       to,
       content_type: 1,
-      content: new TextEncoder().encode(text),
+      content: content || new TextEncoder().encode(text),
       server_time: Date.now(),
     };
+    if (event) msg.event = event;
     if (!this.stored.has(conv)) this.stored.set(conv, []);
     this.stored.get(conv).push(msg);
     return msg;
@@ -115,7 +117,10 @@ export class FakeServer {
         const start = Number(body.cursor);
         const page = this.offline.slice(start, start + body.limit);
         const next = start + page.length;
-        this.reply(socket, T.PULL_OFFLINE_RESP, s, { messages: page, has_more: next < this.offline.length, next_cursor: next });
+        // Positions here are list indexes; the device's cursor is what resume_cursor said.
+        this.reply(socket, T.PULL_OFFLINE_RESP, s, {
+          messages: page, has_more: next < this.offline.length, next_cursor: next, device_cursor: body.resume_cursor || 0,
+        });
         break;
       }
       case T.PULL_HISTORY_REQ: {
@@ -123,6 +128,20 @@ export class FakeServer {
         msgs = msgs.filter((m) => (!body.after_seq || m.seq > body.after_seq) && (!body.before_seq || m.seq < body.before_seq));
         const page = msgs.slice(-body.limit).reverse(); // newest first, as a store keyed by reversed id reads
         this.reply(socket, T.PULL_HISTORY_RESP, s, { messages: page, has_more: msgs.length > page.length });
+        break;
+      }
+      case T.MODIFY_REQ: {
+        const target = (this.stored.get(body.conversation_id) || []).find((m) => m.seq === body.target_seq && !(m.event && m.event.kind));
+        const refuse = (code, message) => this.reply(socket, T.SEND_ACK, s, { code, message, message_id: body.message_id });
+        if (!target) refuse(404, "unknown message");
+        else if (body.kind === 3) this.reply(socket, T.SEND_ACK, s, { code: 0, message_id: body.message_id, conversation_id: body.conversation_id, seq: 0 });
+        else if (target.from !== "alice") refuse(403, "not your message");
+        else if (body.kind === 1 && this.recallTooLate) refuse(410, "the recall window has passed");
+        else {
+          const [, a, b] = body.conversation_id.split(":");
+          const event = this.store({ from: "alice", to: a === "alice" ? b : a, conv: body.conversation_id, content: body.content, event: { kind: body.kind, target_seq: target.seq, target_message_id: target.message_id } });
+          this.reply(socket, T.SEND_ACK, s, { code: 0, message_id: body.message_id, conversation_id: body.conversation_id, seq: event.seq, server_time: Date.now() });
+        }
         break;
       }
       case T.READ_REPORT:

@@ -6,8 +6,15 @@
 // and re-renders from it. Sign-in lives in sessionStorage so a reload stays signed in (and
 // each tab can be a different user); the conversation list is remembered per user in
 // localStorage, and the server's unread counts and offline pull fill in the rest.
-import { ImClient, Status } from "../client.js";
-import { ConversationType, conversationId, utf8 } from "../proto.js";
+//
+// Several devices (S18): the device id is stable per browser profile (device.js: a slot per
+// live tab), and so is its resume position. Messages sent from another device of the user
+// show as own; edits show "(edited)", recalls "message recalled"; delete-for-me removes the
+// message here and, through the server's SYNC, on every other device of the user; a read on
+// another device clears the unread badges here (SYNC, then the server's counts).
+import { ImClient, ProtocolError, Status } from "../client.js";
+import { DeviceSlot, ResumeStore, safeStorage } from "../device.js";
+import { ConversationType, ErrorCode, MessageStatus, conversationId, utf8 } from "../proto.js";
 
 const $ = (id) => document.getElementById(id);
 const SESSION_KEY = "imstack.session";
@@ -38,6 +45,7 @@ function conversation(convId) {
       id: convId,
       ...describe(convId, model.me),
       messages: new Map(), // key (message_id or local id) -> record
+      hidden: new Set(), // seqs deleted for me: never shown again
       unread: 0,
       lastTime: 0,
       historyLoaded: false,
@@ -63,19 +71,35 @@ function recallConversations() {
   }
 }
 
+function textOf(m) {
+  return m.content_type === 1 || !m.content_type ? utf8.decode(m.content) : "[unsupported content]";
+}
+
 function recordFromMessage(m) {
+  const own = m.from === model.me; // also a message sent from another device of ours
   return {
     key: String(m.message_id),
     message_id: String(m.message_id),
     seq: m.seq,
     from: m.from,
-    own: m.from === model.me,
-    text: m.content_type === 1 || !m.content_type ? utf8.decode(m.content) : "[unsupported content]",
+    own,
+    text: textOf(m),
+    status: m.status || MessageStatus.NORMAL,
     time: toMillis(m.server_time),
-    state: m.from === model.me ? "delivered" : null,
+    state: own ? "delivered" : null,
     readBy: [],
     local: ++localCounter,
   };
+}
+
+/** Takes the current state (edited / recalled) of a message into its record. */
+function applyStatus(rec, m) {
+  const status = m.status || MessageStatus.NORMAL;
+  if (rec.status === MessageStatus.RECALLED || (status === MessageStatus.NORMAL && !m.revision_seq)) return false;
+  if (status === rec.status && (status !== MessageStatus.EDITED || rec.text === textOf(m))) return false;
+  rec.status = status;
+  rec.text = status === MessageStatus.RECALLED ? "" : textOf(m);
+  return true;
 }
 
 /** server_time as epoch milliseconds, whether the server counts seconds or milliseconds. */
@@ -85,13 +109,15 @@ function toMillis(value) {
   return n < 1e12 ? n * 1000 : n;
 }
 
-/** Adds or merges one server message; returns true when it was new. */
+/** Adds or merges one server message (in its current state); returns true when it was new. */
 function upsertMessage(m) {
   const conv = conversation(m.conversation_id);
   const key = String(m.message_id);
+  if (m.status === MessageStatus.DELETED || conv.hidden.has(m.seq)) return false;
   const existing = conv.messages.get(key);
   if (existing) {
     existing.seq = existing.seq || m.seq;
+    applyStatus(existing, m);
     if (existing.own && (existing.state === "sending" || existing.state === "sent" || existing.state === "failed")) existing.state = "delivered";
     return false;
   }
@@ -178,7 +204,8 @@ function renderConversations() {
     const preview = document.createElement("div");
     preview.className = "conversation-preview";
     const last = sortedMessages(conv).at(-1);
-    preview.textContent = last ? `${last.own ? "You: " : conv.type === ConversationType.GROUP ? `${last.from}: ` : ""}${last.text}` : conv.type === ConversationType.GROUP ? "Group" : "Direct message";
+    const lastText = last && last.status === MessageStatus.RECALLED ? "message recalled" : last && last.text;
+    preview.textContent = last ? `${last.own ? "You: " : conv.type === ConversationType.GROUP ? `${last.from}: ` : ""}${lastText}` : conv.type === ConversationType.GROUP ? "Group" : "Direct message";
     main.append(name, preview);
     li.append(avatar, main);
     if (conv.unread > 0 && conv.id !== model.active) {
@@ -241,14 +268,24 @@ function renderMessages({ keepBottom = false, anchor = null } = {}) {
       li.append(from);
     }
     prevFrom = rec.from;
+    const recalled = rec.status === MessageStatus.RECALLED;
+    if (recalled) li.classList.add("recalled");
+    if (rec.status === MessageStatus.EDITED) li.classList.add("edited");
+    if (model.editing && model.editing.key === rec.key) li.classList.add("editing");
     const bubble = document.createElement("div");
     bubble.className = "bubble";
-    bubble.textContent = rec.text;
+    bubble.textContent = recalled ? "message recalled" : rec.text;
     const meta = document.createElement("div");
     meta.className = "meta";
     const time = document.createElement("span");
     time.textContent = timeText(rec.time);
     meta.append(time);
+    if (rec.status === MessageStatus.EDITED) {
+      const edited = document.createElement("span");
+      edited.className = "edited-mark";
+      edited.textContent = "(edited)";
+      meta.append(edited);
+    }
     if (rec.own) {
       const state = document.createElement("span");
       state.className = `state state-${rec.state}`;
@@ -263,6 +300,7 @@ function renderMessages({ keepBottom = false, anchor = null } = {}) {
         state.append(" · ", retry);
       }
     }
+    if (rec.seq && rec.message_id) meta.append(messageActions(conv, rec));
     li.append(bubble, meta);
     list.append(li);
   }
@@ -270,6 +308,67 @@ function renderMessages({ keepBottom = false, anchor = null } = {}) {
   $("history-end").hidden = conv.hasMore || !conv.historyLoaded;
   if (anchor === "older") pane.scrollTop = oldTop + (pane.scrollHeight - oldHeight);
   else if (keepBottom || nearBottom) pane.scrollTop = pane.scrollHeight;
+}
+
+/** Edit and recall on own messages, delete (for me) on any. */
+function messageActions(conv, rec) {
+  const actions = document.createElement("span");
+  actions.className = "actions";
+  const add = (name, label, run) => {
+    const button = document.createElement("button");
+    button.className = `link-button action action-${name}`;
+    button.type = "button";
+    button.textContent = label;
+    button.addEventListener("click", run);
+    actions.append(button);
+  };
+  if (rec.own && rec.status !== MessageStatus.RECALLED) {
+    add("edit", "Edit", () => startEdit(conv, rec));
+    add("recall", "Recall", () => modify(conv, rec, () => model.client.recall(conv.id, rec.seq, rec.message_id)));
+  }
+  add("delete", "Delete", () => modify(conv, rec, () => model.client.deleteForMe(conv.id, rec.seq, rec.message_id)));
+  return actions;
+}
+
+const MODIFY_REFUSED = {
+  [ErrorCode.FORBIDDEN]: "Only your own messages can be changed.",
+  [ErrorCode.NOT_FOUND]: "That message is no longer there.",
+  [ErrorCode.GONE]: "Too late to recall that message; you can still edit or delete it.",
+};
+
+/** Runs a recall / edit / delete; the client applies the change (onChange) when acked. */
+async function modify(conv, rec, run) {
+  showNotice("");
+  try {
+    await run();
+  } catch (err) {
+    const known = err instanceof ProtocolError && MODIFY_REFUSED[err.code];
+    showNotice(known || `Could not change the message (${err.message}).`);
+  }
+}
+
+function showNotice(text) {
+  $("notice").hidden = !text;
+  $("notice").textContent = text;
+}
+
+function startEdit(conv, rec) {
+  model.editing = { conv: conv.id, key: rec.key };
+  $("edit-bar").hidden = false;
+  const input = $("composer-input");
+  input.value = rec.text;
+  autoGrow();
+  input.focus();
+  renderMessages();
+}
+
+function stopEdit() {
+  if (!model.editing) return;
+  model.editing = null;
+  $("edit-bar").hidden = true;
+  $("composer-input").value = "";
+  autoGrow();
+  renderMessages();
 }
 
 function render() {
@@ -360,7 +459,7 @@ async function loadOlder() {
 
 function markRead(conv) {
   if (model.active !== conv.id || document.visibilityState === "hidden") return;
-  const seq = maxSeq(conv);
+  const seq = Math.max(maxSeq(conv), model.client.latestSeq(conv.id)); // event seqs count as read too
   if (conv.unread) {
     conv.unread = 0;
     renderConversations();
@@ -440,6 +539,12 @@ function submitMessage(ev) {
   const text = input.value.trim();
   const conv = model.convs.get(model.active);
   if (!text || !conv) return;
+  if (model.editing) {
+    const rec = model.editing.conv === conv.id && conv.messages.get(model.editing.key);
+    stopEdit();
+    if (rec && text !== rec.text) modify(conv, rec, () => model.client.edit(conv.id, rec.seq, rec.message_id, text));
+    return;
+  }
   input.value = "";
   autoGrow();
   const rec = {
@@ -467,13 +572,33 @@ function autoGrow() {
 }
 
 function onIncoming(ev) {
-  const { message } = ev.detail;
+  const { view: message, own } = ev.detail;
   const isNew = upsertMessage(message);
-  const conv = model.convs.get(message.conversation_id);
-  if (isNew && message.from !== model.me) {
+  const conv = conversation(message.conversation_id);
+  if (isNew && !own) {
     if (model.active === conv.id && document.visibilityState !== "hidden") markRead(conv);
     else conv.unread += 1;
   }
+  if (model.active === conv.id) renderMessages();
+  renderConversations();
+}
+
+/** A recall, an edit or a delete-for-me (from this device, another of ours, or the sender). */
+function onChange(ev) {
+  const { change, cause, own } = ev.detail;
+  const conv = model.convs.get(change.conversation_id);
+  if (!conv) return;
+  let rec = conv.messages.get(String(change.message_id));
+  if (!rec) rec = [...conv.messages.values()].find((r) => r.seq === change.seq);
+  if (cause === "delete") {
+    conv.hidden.add(change.seq);
+    if (rec) conv.messages.delete(rec.key);
+    if (model.editing && rec && model.editing.key === rec.key) stopEdit();
+  } else if (rec) {
+    applyStatus(rec, change);
+    if (cause === "recall" && model.editing && model.editing.key === rec.key) stopEdit();
+  }
+  if (!own && model.active === conv.id) markRead(conv); // the event's seq is read too
   if (model.active === conv.id) renderMessages();
   renderConversations();
 }
@@ -505,13 +630,18 @@ async function resolveWsUrl() {
   return `${scheme}://${location.hostname || "127.0.0.1"}:${WS_PORT}/ws`;
 }
 
-function deviceId() {
-  let id = sessionStorage.getItem("imstack.device");
-  if (!id) {
-    id = `web-${Math.random().toString(36).slice(2, 10)}`;
-    sessionStorage.setItem("imstack.device", id);
+const local = safeStorage(() => localStorage);
+let device = null;
+
+/** This tab's device (stable per browser profile; device.js), its lease kept fresh. */
+function deviceSlot() {
+  if (!device) {
+    device = new DeviceSlot({ local, session: safeStorage(() => sessionStorage) });
+    setInterval(() => device.refresh(), 5_000);
+    addEventListener("pagehide", () => device.release());
+    addEventListener("pageshow", () => device.refresh()); // back from the page cache
   }
-  return id;
+  return device;
 }
 
 function startSession(uid, token) {
@@ -520,9 +650,17 @@ function startSession(uid, token) {
   model.active = null;
   sessionStorage.setItem(SESSION_KEY, JSON.stringify({ uid, token }));
   recallConversations();
-  const client = new ImClient({ uid, token, deviceId: deviceId(), resolveUrl: resolveWsUrl });
+  const deviceId = deviceSlot().deviceId;
+  const resumeStore = new ResumeStore(local, uid, deviceId);
+  const client = new ImClient({ uid, token, deviceId, resumeStore, resolveUrl: resolveWsUrl });
+  const deliveries = []; // what the client delivered (bounded), for tests and the curious
   model.client = client;
-  window.imstack = { client, model }; // for tests and the curious
+  window.imstack = { client, model, deliveries };
+  client.addEventListener("message", (ev) => {
+    const { view: m, source, own } = ev.detail;
+    deliveries.push({ conversation_id: m.conversation_id, seq: m.seq, source, own, text: m.status ? "" : textOf(m) });
+    if (deliveries.length > 500) deliveries.shift();
+  });
   client.addEventListener("status", (ev) => {
     renderStatus(ev.detail.status);
     if (ev.detail.status === Status.UNAUTHORIZED) signOut(`The token for ${uid} was refused; sign in again.`);
@@ -533,6 +671,7 @@ function startSession(uid, token) {
   });
   client.addEventListener("message", onIncoming);
   client.addEventListener("unread", onUnread);
+  client.addEventListener("change", onChange);
   client.addEventListener("readstatus", (ev) => applyReadStates(ev.detail.conversation_id, ev.detail.states));
   $("signin-view").hidden = true;
   $("chat-view").hidden = false;
@@ -614,9 +753,11 @@ function init() {
     });
   }
   $("composer").addEventListener("submit", submitMessage);
+  $("edit-cancel").addEventListener("click", stopEdit);
   $("composer-input").addEventListener("input", autoGrow);
   $("composer-input").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey) submitMessage(ev);
+    if (ev.key === "Escape") stopEdit();
   });
   $("messages").addEventListener("scroll", () => {
     if ($("messages").scrollTop < 40) loadOlder();
