@@ -93,6 +93,8 @@ def _placement() -> Schema:
 
 
 SERVICE_TYPES = ["ClusterIP", "NodePort", "LoadBalancer"]
+# http(s) and a host: the only URLs aiohttp (dispatch/offline_push.py) can POST to.
+WEBHOOK_URL_PATTERN = "^https?://[^/\\s]+\\S*$"
 
 
 def _access(kind: str, port: int) -> Schema:
@@ -228,6 +230,28 @@ def _spec_schema() -> Schema:
             "zookeeper": _backing("ZooKeeper", replicas=3, size="1Gi", image="zookeeper:3.9", desc="ZooKeeper (discovery, connection counts, drains).", url_hint="host:port,host:port"),
             "redis": _backing("Redis", replicas=1, size="1Gi", image="redis:7.2", desc="Redis (sessions, sequences, offline queues).", url_hint="redis://host:6379/0"),
             "mongodb": _backing("MongoDB", replicas=1, size="5Gi", image="mongo:7.0", desc="MongoDB (message history).", url_hint="mongodb://host:27017/?replicaSet=rs0"),
+            "pushWebhook": _obj(
+                {
+                    "url": _str(desc="Where dispatch POSTs one JSON call per message whose receivers have no connected device (IMSTACK_PUSH_WEBHOOK_URL).", pattern=WEBHOOK_URL_PATTERN),
+                    "preview": {"type": "boolean", "default": True, "description": "Put the start of text messages in the calls (IMSTACK_PUSH_WEBHOOK_PREVIEW); false leaves message text out."},
+                    "tokenSecretRef": _obj(
+                        {"name": _str(), "key": _str("token")},
+                        required=["name"],
+                        desc="Secret key whose value is sent as `Authorization: Bearer <token>` (IMSTACK_PUSH_WEBHOOK_TOKEN).",
+                    ),
+                },
+                required=["url"],
+                desc="Offline push webhook (docs/protocol.md, \"Offline push webhook\"): the gateway a team runs in front of APNs / FCM. Absent: off.",
+            ),
+            "timeline": _obj(
+                {
+                    "retentionSeconds": _int(7 * 24 * 3600, minimum=60, desc="Longest a timeline entry, and a device unseen, is kept (IMSTACK_TIMELINE_RETENTION)."),
+                    "maxDevices": _int(16, minimum=1, desc="Devices kept per user; past it the least recently seen leaves (IMSTACK_MAX_DEVICES)."),
+                },
+                default={},
+                desc="S18 timelines in Redis, one per user with a cursor per device (docs/storage.md).",
+            ),
+            "recallWindowSeconds": _int(120, minimum=0, desc="How long after sending a message its sender may recall it (IMSTACK_RECALL_WINDOW); 0 refuses every recall."),
         },
         desc="Desired state of one IM stack.",
     )

@@ -178,6 +178,34 @@ def _runtime_env(spec: Spec, *, name: str, namespace: str, keys: bool) -> list[d
     return env
 
 
+def timeline_env(spec: Spec) -> list[dict[str, Any]]:
+    """The S18 timeline settings, for every role that opens the timelines: route (a sign-in
+    registers the device) and dispatch. Both must agree, or route would evict devices that
+    dispatch keeps (docs/storage.md, "Timeline")."""
+    t = spec["timeline"]
+    return [
+        {"name": "IMSTACK_TIMELINE_RETENTION", "value": str(t["retentionSeconds"])},
+        {"name": "IMSTACK_MAX_DEVICES", "value": str(t["maxDevices"])},
+    ]
+
+
+def dispatch_env(spec: Spec) -> list[dict[str, Any]]:
+    """Dispatch's own settings: the timeline, the recall window, and the offline push webhook
+    (spec.pushWebhook; absent: no IMSTACK_PUSH_WEBHOOK_* at all, the webhook is off). The
+    token comes from the user's Secret, never from the spec, so it is not in the Deployment."""
+    env = [*timeline_env(spec), {"name": "IMSTACK_RECALL_WINDOW", "value": str(spec["recallWindowSeconds"])}]
+    hook = spec.get("pushWebhook")
+    if hook:
+        env += [
+            {"name": "IMSTACK_PUSH_WEBHOOK_URL", "value": hook["url"]},
+            {"name": "IMSTACK_PUSH_WEBHOOK_PREVIEW", "value": "1" if hook.get("preview", True) else "0"},
+        ]
+        ref = hook.get("tokenSecretRef")
+        if ref:
+            env.append({"name": "IMSTACK_PUSH_WEBHOOK_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref.get("key", "token")}}})
+    return env
+
+
 def _http_probes(port: int) -> dict[str, Any]:
     return {
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": port}, "periodSeconds": 5, "failureThreshold": 2},
@@ -487,11 +515,13 @@ def desired_children(spec: Spec, *, name: str, namespace: str, owner: dict[str, 
     if "managed" in spec["mongodb"]:
         out += _mongodb(spec, **kw)
     route = spec["route"]
+    route_dep = _deployment(
+        spec, **kw, component="route", image=_image(spec, "route"), command=["imstack", "route"], replicas=route["replicas"], comp=route,
+        ports=[("http", ROUTE_HTTP), ("grpc", ROUTE_GRPC)], health_port=ROUTE_HTTP, keys=True,
+    )
+    route_dep["spec"]["template"]["spec"]["containers"][0]["env"] += timeline_env(spec)
     out += [
-        _deployment(
-            spec, **kw, component="route", image=_image(spec, "route"), command=["imstack", "route"], replicas=route["replicas"], comp=route,
-            ports=[("http", ROUTE_HTTP), ("grpc", ROUTE_GRPC)], health_port=ROUTE_HTTP, keys=True,
-        ),
+        route_dep,
         _service(
             name, namespace, owner, "route",
             [_client_port("http", ROUTE_HTTP, route["service"]), {"name": "grpc", "port": ROUTE_GRPC, "targetPort": ROUTE_GRPC}],
@@ -501,11 +531,13 @@ def desired_children(spec: Spec, *, name: str, namespace: str, owner: dict[str, 
         _pdb(name, namespace, owner, "route"),
     ]
     d = spec["dispatch"]
+    dispatch_dep = _deployment(
+        spec, **kw, component="dispatch", image=_image(spec, "dispatch"), command=["imstack", "dispatch"], replicas=d["replicas"], comp=d,
+        ports=[("link", DISPATCH_PORT), ("health", HEALTH_PORT)], health_port=HEALTH_PORT,
+    )
+    dispatch_dep["spec"]["template"]["spec"]["containers"][0]["env"] += dispatch_env(spec)
     out += [
-        _deployment(
-            spec, **kw, component="dispatch", image=_image(spec, "dispatch"), command=["imstack", "dispatch"], replicas=d["replicas"], comp=d,
-            ports=[("link", DISPATCH_PORT), ("health", HEALTH_PORT)], health_port=HEALTH_PORT,
-        ),
+        dispatch_dep,
         metrics_service(name, namespace, owner, "dispatch", HEALTH_PORT),
         _pdb(name, namespace, owner, "dispatch"),
     ]

@@ -101,6 +101,9 @@ class Reconciler:
             ref = spec[key].get("external", {}).get("secretRef")
             if ref:
                 names.append(ref["name"])
+        hook_ref = (spec.get("pushWebhook") or {}).get("tokenSecretRef")
+        if hook_ref:
+            names.append(hook_ref["name"])
         return [f"secret {n} not found" for n in dict.fromkeys(names) if self.kube.get("Secret", namespace, n) is None]
 
     # -- the pass -------------------------------------------------------------------------

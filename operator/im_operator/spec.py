@@ -9,9 +9,10 @@ crd.py), so the manifests do not depend on whether the server defaulted the obje
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
-from .crd import apply_defaults, spec_schema
+from .crd import WEBHOOK_URL_PATTERN, apply_defaults, spec_schema
 
 Spec = dict[str, Any]
 
@@ -39,6 +40,9 @@ def problems(spec: Spec) -> list[str]:
     zk = spec["zookeeper"].get("managed")
     if zk and zk["replicas"] % 2 == 0:
         out.append(f"spec.zookeeper.managed.replicas: a quorum needs an odd number, got {zk['replicas']}")
+    hook = spec.get("pushWebhook")
+    if hook is not None and not re.match(WEBHOOK_URL_PATTERN, str(hook.get("url", ""))):
+        out.append(f"spec.pushWebhook.url: an http:// or https:// URL is needed, got {hook.get('url', '')!r}")
     return out
 
 

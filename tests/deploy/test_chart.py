@@ -20,12 +20,16 @@ from .tools import CHART, REPO, by_kind, helm, render
 KIND_VALUES = CHART / "ci" / "kind-values.yaml"
 EXTERNAL_VALUES = CHART / "examples" / "external-services.yaml"
 NAMESPACED = ["operator.watchNamespaces={team-a,team-b}"]
+# The chart's ImCluster with the offline push webhook set from chart values (docs/deploy.md).
+WEBHOOK = ["exampleCluster.enabled=true", "pushWebhook.url=https://push-gw.example.com/v1/offline",
+           "pushWebhook.preview=false", "pushWebhook.tokenSecret.name=push-gw", "pushWebhook.tokenSecret.key=bearer"]
 
 RENDERINGS = {
     "defaults": ((), []),
     "kind": ((KIND_VALUES,), []),
     "external": ((EXTERNAL_VALUES,), []),
     "namespaced": ((), NAMESPACED),
+    "webhook": ((), WEBHOOK),
 }
 
 
@@ -54,6 +58,9 @@ def test_helm_lint_strict(name):
         "image.pullPolicy=Sometimes",
         "noSuchKey=1",
         "exampleCluster.name=Bad_Name",
+        "pushWebhook.url=ftp://push.example.com",
+        "pushWebhook.tokenSecret.name=Bad_Secret",
+        "pushWebhook.retries=3",
     ],
 )
 def test_schema_refuses_bad_values(bad):
@@ -163,6 +170,48 @@ def test_external_services_example():
     assert spec["redis"]["external"]["secretRef"]["name"] == "chat-redis"
     assert spec["mongodb"]["external"]["secretRef"]["name"] == "chat-mongo"
     assert [r["metadata"]["namespace"] for r in by_kind(objs, "Role")] == ["im"]
+
+
+def test_push_webhook_values_reach_the_dispatch_pods():
+    """pushWebhook.* becomes the chart ImCluster's spec.pushWebhook, and the operator renders
+    that into the dispatch Deployment's env (the token from the named Secret key)."""
+    from im_operator import manifests, spec as specmod
+
+    (imc,) = by_kind(render(sets=WEBHOOK), "ImCluster")
+    hook = imc["spec"]["pushWebhook"]
+    assert hook == {"url": "https://push-gw.example.com/v1/offline", "preview": False,
+                    "tokenSecretRef": {"name": "push-gw", "key": "bearer"}}
+    spec = specmod.normalize(imc["spec"])
+    assert specmod.problems(spec) == []
+    objs = manifests.desired_children(spec, name=imc["metadata"]["name"], namespace="imstack-system",
+                                      owner={"name": "im-demo", "uid": "1"}, access_replicas=2, ws_replicas=1)
+    (dispatch,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "im-demo-dispatch"]
+    env = {e["name"]: e for e in dispatch["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["IMSTACK_PUSH_WEBHOOK_URL"]["value"] == hook["url"]
+    assert env["IMSTACK_PUSH_WEBHOOK_PREVIEW"]["value"] == "0"
+    assert env["IMSTACK_PUSH_WEBHOOK_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "push-gw", "key": "bearer"}}
+    # no token Secret named: no Authorization, and preview stays on by default
+    (plain,) = by_kind(render(sets=["exampleCluster.enabled=true", "pushWebhook.url=http://10.1.2.3:8080/hook"]), "ImCluster")
+    assert plain["spec"]["pushWebhook"] == {"url": "http://10.1.2.3:8080/hook", "preview": True}
+    # and without pushWebhook.url the example's spec is passed through untouched
+    (kind,) = by_kind(render(KIND_VALUES), "ImCluster")
+    assert kind["spec"] == yaml.safe_load(KIND_VALUES.read_text())["exampleCluster"]["spec"]
+
+
+@pytest.mark.parametrize(
+    "sets, why",
+    [
+        (["pushWebhook.url=https://push.example.com"], "enable exampleCluster"),
+        (["exampleCluster.enabled=true", "pushWebhook.url=https://a.example.com",
+          "exampleCluster.spec.pushWebhook.url=https://b.example.com"], "not both"),
+    ],
+)
+def test_push_webhook_values_that_would_do_nothing_or_clash_fail_the_render(sets, why):
+    args = ["template", "im-stack", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0 and why in proc.stderr, proc.stderr
 
 
 def test_kind_values_match_kind_config():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pytest
 import yaml
 
 from im_operator import crd, manifests, spec as specmod
@@ -219,3 +220,103 @@ def test_example_in_docs_is_valid():
     doc = yaml.safe_load(block)
     assert doc["kind"] == "ImCluster"
     assert specmod.problems(specmod.normalize(doc["spec"])) == []
+
+
+# ---- offline push webhook, timeline, recall window (issue 12 settings) ------------------
+
+
+def _spec_validator():
+    """The CRD's spec schema as JSON Schema (the x-kubernetes-* keys are ignored by jsonschema;
+    the API server checks the same types, patterns, bounds and required fields)."""
+    import jsonschema
+
+    return jsonschema.Draft7Validator(crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
+HOOK = {"url": "https://push.example.com/v1/offline", "preview": False, "tokenSecretRef": {"name": "push-gw"}}
+
+
+def test_push_webhook_renders_into_dispatch_env_with_the_token_from_a_secret():
+    objs = children({"pushWebhook": HOOK})
+    env = env_of(objs[("Deployment", "im-dispatch")]["spec"]["template"]["spec"]["containers"][0])
+    assert env["IMSTACK_PUSH_WEBHOOK_URL"] == {"name": "IMSTACK_PUSH_WEBHOOK_URL", "value": HOOK["url"]}
+    assert env["IMSTACK_PUSH_WEBHOOK_PREVIEW"]["value"] == "0"
+    # the token never sits in the Deployment: a secretKeyRef, key defaulted to "token"
+    assert env["IMSTACK_PUSH_WEBHOOK_TOKEN"] == {
+        "name": "IMSTACK_PUSH_WEBHOOK_TOKEN", "valueFrom": {"secretKeyRef": {"name": "push-gw", "key": "token"}}
+    }
+    # only dispatch calls the webhook; the ConfigMap (read by every role) does not name it
+    for dep in ("im-route", "im-access", "im-ws-access"):
+        names = env_of(objs[("Deployment", dep)]["spec"]["template"]["spec"]["containers"][0])
+        assert not any(n.startswith("IMSTACK_PUSH_WEBHOOK") for n in names), dep
+    assert not any(k.startswith("IMSTACK_PUSH_WEBHOOK") for k in objs[("ConfigMap", "im-config")]["data"])
+
+
+def test_push_webhook_defaults_preview_on_and_no_token_and_is_off_when_absent():
+    env = env_of(children({"pushWebhook": {"url": "http://10.0.0.9:8080/hook"}})[("Deployment", "im-dispatch")]["spec"]["template"]["spec"]["containers"][0])
+    assert env["IMSTACK_PUSH_WEBHOOK_PREVIEW"]["value"] == "1"
+    assert "IMSTACK_PUSH_WEBHOOK_TOKEN" not in env
+    plain = env_of(children({})[("Deployment", "im-dispatch")]["spec"]["template"]["spec"]["containers"][0])
+    assert not any(n.startswith("IMSTACK_PUSH_WEBHOOK") for n in plain)
+
+
+def test_timeline_and_recall_window_reach_route_and_dispatch_alike():
+    objs = children({"timeline": {"retentionSeconds": 86400, "maxDevices": 4}, "recallWindowSeconds": 300})
+    dispatch = env_of(objs[("Deployment", "im-dispatch")]["spec"]["template"]["spec"]["containers"][0])
+    route = env_of(objs[("Deployment", "im-route")]["spec"]["template"]["spec"]["containers"][0])
+    for env in (dispatch, route):  # route registers devices at sign-in: it must evict as dispatch does
+        assert env["IMSTACK_TIMELINE_RETENTION"]["value"] == "86400"
+        assert env["IMSTACK_MAX_DEVICES"]["value"] == "4"
+    assert dispatch["IMSTACK_RECALL_WINDOW"]["value"] == "300"
+    assert "IMSTACK_RECALL_WINDOW" not in route
+    defaults = env_of(children({})[("Deployment", "im-dispatch")]["spec"]["template"]["spec"]["containers"][0])
+    assert (defaults["IMSTACK_TIMELINE_RETENTION"]["value"], defaults["IMSTACK_MAX_DEVICES"]["value"],
+            defaults["IMSTACK_RECALL_WINDOW"]["value"]) == ("604800", "16", "120")
+
+
+def test_rendered_env_is_what_the_runtime_reads(monkeypatch):
+    """The names and value formats the operator writes are the ones im_runtime.config reads:
+    the dispatch container's env, with the Secret's value as the kubelet would put it, gives
+    the runtime's webhook and timeline settings."""
+    from im_runtime.config import Settings
+    from im_runtime.dispatch import offline_push
+
+    objs = children({"pushWebhook": HOOK, "timeline": {"retentionSeconds": 3600, "maxDevices": 3}, "recallWindowSeconds": 30})
+    for e in objs[("Deployment", "im-dispatch")]["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if e["name"] == "IMSTACK_PUSH_WEBHOOK_TOKEN":
+            monkeypatch.setenv(e["name"], "s3cret")  # the kubelet resolves the secretKeyRef
+        elif "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    s = Settings()
+    assert (s.timeline_retention_s, s.max_devices, s.recall_window_s) == (3600.0, 3, 30.0)
+    hook = offline_push.from_settings(s)
+    assert hook is not None
+    assert (hook.settings.url, hook.settings.preview, hook.settings.token) == (HOOK["url"], False, "s3cret")
+    monkeypatch.setenv("IMSTACK_PUSH_WEBHOOK_PREVIEW", "1")
+    assert Settings().push_webhook_preview is True
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"pushWebhook": {"preview": True}},  # no url
+        {"pushWebhook": {"url": "ftp://push.example.com"}},
+        {"pushWebhook": {"url": "https://"}},
+        {"pushWebhook": {"url": "https://x", "tokenSecretRef": {"key": "token"}}},  # no Secret name
+        {"timeline": {"retentionSeconds": 0}},
+        {"timeline": {"maxDevices": 0}},
+        {"recallWindowSeconds": -1},
+    ],
+)
+def test_crd_schema_refuses_bad_webhook_and_timeline_settings(bad):
+    assert list(_spec_validator().iter_errors(specmod.normalize(bad))), bad
+
+
+def test_crd_schema_accepts_the_webhook_example_and_problems_check_the_url_again():
+    v = _spec_validator()
+    good = specmod.normalize({"pushWebhook": HOOK, "timeline": {"retentionSeconds": 60, "maxDevices": 1}, "recallWindowSeconds": 0})
+    assert list(v.iter_errors(good)) == []
+    assert specmod.problems(good) == []
+    # for API servers that skip the schema's pattern, the operator reports it as InvalidSpec
+    bad = specmod.normalize({"pushWebhook": {"url": "mailto:ops@example.com"}})
+    assert any("spec.pushWebhook.url" in p for p in specmod.problems(bad))
