@@ -227,13 +227,7 @@ local function drop_upto(floor)
   for _ = 1, 20 do
     local ids = redis.call('ZRANGEBYSCORE', TL, '-inf', fmt(floor), 'LIMIT', 0, 500)
     if #ids == 0 then return end
-    local values = redis.call('HMGET', TLM, unpack(ids))
-    for i = 1, #ids do
-      local v = values[i]
-      if v and string.byte(v, 1) == 48 then count(conv_of(v), -1) end
-    end
-    redis.call('HDEL', TLM, unpack(ids))
-    redis.call('ZREM', TL, unpack(ids))
+    drop_ids(ids)
     if #ids < 500 then return end
   end
 end
